@@ -1,0 +1,36 @@
+"""zsad: a reproducible study of zero-/few-shot industrial anomaly detection with CLIP.
+
+The package computes; notebooks communicate. Public names are imported lazily so that light commands
+(``zsad --help``, ``zsad eval``) do not pay for importing torch and open_clip.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    # data
+    "load_dataset": "zsad.data", "list_classes": "zsad.data", "make_synthetic": "zsad.data",
+    "sample_references": "zsad.data", "preprocess": "zsad.data", "load_image": "zsad.data",
+    "load_mask": "zsad.data", "DatasetError": "zsad.data",
+    # models
+    "load_model": "zsad.backbone",
+    # metrics and evaluation
+    "image_metrics": "zsad.metrics", "pixel_metrics": "zsad.metrics",
+    "metrics_table": "zsad.evaluate", "evaluate_predictions": "zsad.evaluate",
+    # run folders
+    "write_run": "zsad.results", "read_run": "zsad.results", "read_predictions": "zsad.results",
+    "provenance": "zsad.results",
+    # where things are
+    "paths": "zsad.config",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        module = importlib.import_module(_PUBLIC[name])
+        return module if name == "paths" else getattr(module, name)
+    raise AttributeError(f"module 'zsad' has no attribute {name!r}")

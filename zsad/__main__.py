@@ -1,0 +1,3 @@
+from zsad.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Run folders: write atomically with provenance, read back.
+
+A run folder ``results/<study>/<run-id>/`` holds
+
+- ``metrics.csv``: tidy rows ``dataset, class, method, setting, shots, seed, metric, value, ci_low, ci_high``,
+  sorted and formatted deterministically, so the same inputs and seed give a byte-identical file;
+- ``predictions.npz``: per-image ``paths`` (relative to the dataset root), ``classes``, ``labels``, ``scores``,
+  ``masks`` and ``maps`` at the evaluation size, enough for ``zsad eval`` to recompute every metric;
+- ``provenance.json``: git commit, package versions, weights (checkpoint sha256 or "random"), seed, parameters,
+  few-shot reference files.
+
+The folder is first written as a hidden sibling and renamed into place, so a crash never leaves a folder that
+looks complete; ``provenance.json`` is written last and is the marker of a finished run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+METRIC_COLUMNS = ["dataset", "class", "method", "setting", "shots", "seed", "metric", "value", "ci_low", "ci_high"]
+PREDICTION_KEYS = ("paths", "classes", "labels", "scores", "masks", "maps")
+_KEY_COLUMNS = METRIC_COLUMNS[:7]
+_TRACKED_PACKAGES = ("zsad", "torch", "torchvision", "open-clip-torch", "numpy", "scipy", "scikit-learn", "pandas",
+                     "pillow", "opencv-python-headless", "transformers", "llama-cpp-python")
+_FLOAT_FORMAT = "%.10g"
+
+
+class RunFolderError(ValueError):
+    """A run folder or predictions file that is missing, incomplete or malformed."""
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str:
+    """The commit of the working tree zsad runs from (``+dirty`` if it has changes), or ``"unknown"``."""
+    cwd = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def package_versions(names=_TRACKED_PACKAGES) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def provenance(parameters: dict, *, model=None, seed: int | None = None, references=None, extra=None) -> dict:
+    """Everything needed to say where a result came from.
+
+    ``model`` is a :class:`zsad.backbone.LoadedModel` (or anything with ``provenance()``); ``references`` maps a
+    class name to the list of few-shot reference files (relative paths) that were used.
+    """
+    import torch  # deferred: results is also used by light commands such as `zsad eval`
+
+    prov = {
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "packages": package_versions(),
+        "seed": seed,
+        "parameters": parameters,
+        "weights": model.provenance() if model is not None else None,
+        "few_shot_references": references or {},
+    }
+    if extra:
+        prov.update(extra)
+    return prov
+
+
+def _check_metrics_frame(df: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in METRIC_COLUMNS if c not in df.columns]
+    if missing:
+        raise RunFolderError(f"metrics table lacks columns {missing}; expected {METRIC_COLUMNS}")
+    df = df[METRIC_COLUMNS].copy()
+    if df.duplicated(_KEY_COLUMNS).any():
+        dup = df[df.duplicated(_KEY_COLUMNS, keep=False)].head(3).to_dict("records")
+        raise RunFolderError(f"metrics table has duplicate rows for the same key, e.g. {dup}")
+    return df.sort_values(_KEY_COLUMNS, kind="stable").reset_index(drop=True)
+
+
+def metrics_csv_bytes(df: pd.DataFrame) -> bytes:
+    """Deterministic CSV text of a tidy metrics table (sorted rows, fixed float format, ``\\n`` line ends)."""
+    return _check_metrics_frame(df).to_csv(index=False, float_format=_FLOAT_FORMAT, lineterminator="\n").encode()
+
+
+def _check_predictions(pred: dict) -> dict:
+    missing = [k for k in PREDICTION_KEYS if k not in pred]
+    if missing:
+        raise RunFolderError(f"predictions lack {missing}; expected keys {list(PREDICTION_KEYS)}")
+    n = len(pred["paths"])
+    for key in PREDICTION_KEYS:
+        if len(pred[key]) != n:
+            raise RunFolderError(f"predictions: '{key}' has {len(pred[key])} entries, 'paths' has {n}")
+    if np.shape(pred["masks"]) != np.shape(pred["maps"]):
+        raise RunFolderError(f"predictions: masks {np.shape(pred['masks'])} and maps {np.shape(pred['maps'])} differ")
+    return {
+        "paths": np.asarray(pred["paths"], dtype=str),
+        "classes": np.asarray(pred["classes"], dtype=str),
+        "labels": np.asarray(pred["labels"], dtype=np.int8),
+        "scores": np.asarray(pred["scores"], dtype=np.float64),
+        "masks": np.asarray(pred["masks"], dtype=bool),
+        "maps": np.asarray(pred["maps"]),
+    }
+
+
+def write_run(run_dir: str | os.PathLike, metrics: pd.DataFrame, predictions: dict, prov: dict,
+              *, overwrite: bool = False) -> Path:
+    """Write a complete run folder atomically and return its path."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not overwrite:
+        raise RunFolderError(f"{run_dir}: run folder exists already (choose another --out or pass overwrite)")
+    csv = metrics_csv_bytes(metrics)
+    pred = _check_predictions(predictions)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
+    try:
+        (tmp / "metrics.csv").write_bytes(csv)
+        with open(tmp / "predictions.npz", "wb") as f:
+            np.savez_compressed(f, **pred)
+        (tmp / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True, default=str) + "\n")
+        if run_dir.exists():
+            old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
+            run_dir.rename(old)
+            tmp.rename(run_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def read_predictions(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "predictions.npz"
+    if not path.is_file():
+        raise RunFolderError(f"{path}: predictions file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            pred = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"{path}: not a readable predictions .npz ({exc})") from exc
+    try:
+        return _check_predictions(pred)
+    except RunFolderError as exc:
+        raise RunFolderError(f"{path}: {exc}") from None
+
+
+def read_run(run_dir: str | os.PathLike) -> dict:
+    """Return ``{"metrics": DataFrame, "provenance": dict, "path": Path}`` of a finished run folder."""
+    run_dir = Path(run_dir)
+    prov_file = run_dir / "provenance.json"
+    if not prov_file.is_file():
+        raise RunFolderError(f"{run_dir}: not a finished run folder (no provenance.json)")
+    metrics = pd.read_csv(run_dir / "metrics.csv", keep_default_na=False, na_values=[""])
+    return {"metrics": metrics, "provenance": json.loads(prov_file.read_text()), "path": run_dir}
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file through a temporary sibling and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
