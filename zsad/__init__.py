@@ -21,7 +21,9 @@ _PUBLIC = {
     "metrics_table": "zsad.evaluate", "evaluate_predictions": "zsad.evaluate",
     # run folders
     "write_run": "zsad.results", "read_run": "zsad.results", "read_predictions": "zsad.results",
-    "provenance": "zsad.results",
+    "provenance": "zsad.results", "provenance_markdown": "zsad.results",
+    # orchestration and figures
+    "dataset_overview": "zsad.study", "load_named": "zsad.study", "load_many": "zsad.study", "example_grid": "zsad.figures",
     # where things are
     "paths": "zsad.config",
 }

@@ -25,9 +25,9 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_summary(args) -> int:
-    from zsad.evaluate import dataset_counts
+    from zsad.study import dataset_overview
 
-    print(dataset_counts(args.dataset, args.root).to_string(index=False))
+    print(dataset_overview(args.dataset, str(args.root or "")).to_string(index=False))
     return 0
 
 
@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.set_defaults(func=_cmd_synth)
     p = data.add_parser("summary", help="count images per class, split and defect type")
-    p.add_argument("--dataset", required=True, choices=["mvtec", "visa", "magnetic_tile", "folder"])
-    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--dataset", required=True, choices=["synthetic", "mvtec", "visa", "magnetic_tile", "folder"])
+    p.add_argument("--root", type=Path, help="dataset root (default: the embedded or configured one)")
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("eval", help="recompute all metrics from a predictions.npz file (or run folder)")

@@ -32,3 +32,29 @@ def dataset_root(kind: str) -> Path | None:
     if kind == "synthetic":
         return SYNTHETIC_DIR
     return None
+
+
+# Study dataset names -> (loader kind, default root). "synthetic" is an MVTec-layout tree made by `zsad data synth`.
+DATASETS = ("synthetic", "magnetic_tile", "mvtec", "visa", "folder")
+
+
+def resolve_dataset(name: str, root=None) -> tuple[str, Path]:
+    """Return ``(loader kind, root)`` for a study dataset name; ``root`` overrides the configured default."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    kind = "mvtec" if name == "synthetic" else name
+    chosen = Path(root).expanduser() if root else dataset_root(name)
+    if chosen is None:
+        env = DATASET_ENV.get(name)
+        raise ValueError(f"dataset {name!r} needs a root: pass root=... / --root"
+                         + (f" or set ${env}" if env else ""))
+    return kind, chosen
+
+
+def display_path(path) -> str:
+    """A path relative to the project root when it lies inside it (stable across clones), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(path)

@@ -191,3 +191,26 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def provenance_markdown(prov: dict) -> str:
+    """The provenance box every chapter ends with (Markdown), from a :func:`provenance` dict."""
+    weights = prov.get("weights")
+    if weights is None:
+        weights_line = "no model used"
+    elif weights.get("random_weights"):
+        weights_line = (f"**RANDOM WEIGHTS** ({weights['model']}, init seed {weights['init_seed']}): "
+                        "these numbers test the pipeline, they are not results about CLIP")
+    else:
+        weights_line = f"{weights['model']} from `{Path(weights['checkpoint']).name}`, sha256 `{weights['checkpoint_sha256']}`"
+    pkgs = ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items() if v != "not installed")
+    lines = [
+        "```{admonition} Provenance",
+        f"- commit: `{prov.get('git_commit')}`",
+        f"- weights: {weights_line}",
+        f"- seed: {prov.get('seed')}; device: {prov.get('device')}; Python {prov.get('python')}",
+        f"- packages: {pkgs}",
+        f"- parameters: `{json.dumps(prov.get('parameters', {}), sort_keys=True, default=str)}`",
+        "```",
+    ]
+    return "\n".join(lines)

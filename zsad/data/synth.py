@@ -1,0 +1,319 @@
+"""A seeded synthetic anomaly-detection dataset in the MVTec AD layout (numpy + PIL only, fast).
+
+``make_synthetic(out, seed=0)`` writes::
+
+    <out>/README.txt                                  seed and parameters
+    <out>/<class>/train/good/000.png ...              n_train normal images
+    <out>/<class>/test/good/000.png ...               n_test_good normal images
+    <out>/<class>/test/<defect>/000.png ...           n_test_defect images per defect type
+    <out>/<class>/ground_truth/<defect>/000_mask.png  exact masks (0/255, mode L)
+
+Textures (RGB, ``size`` x ``size``): ``weave`` is a basket weave of periodic stripes with a random period and
+phase plus sensor noise; ``grain`` is a smooth random field (sum of bilinearly-upsampled noise grids) plus
+noise. Any other class name gets one of the two textures (alternating in the order given) with its own seed.
+
+Defects (one per defect image, folder named by type), each covering about 0.5-5 % of the image:
+
+- ``scratch``: a thin polyline (3 segments, width ~size/48 px) of a contrasting colour.
+- ``blob``: a rotated elliptic stain, a darker tint blended over the texture (the texture stays faintly visible).
+- ``missing``: a rectangular patch replaced by a flat, darker colour (texture gone, like a hole).
+
+The mask is exactly the drawn region, and every mask pixel differs from the defect-free image in at least one
+channel (pixels that the blend happened to leave unchanged are nudged), so ``mask == (defective != clean)``.
+Every image has its own random stream derived from ``(seed, crc32(class), split/defect, index)``: the same
+arguments give byte-identical files, and adding a class or images does not change the others.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zlib
+from os import PathLike
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = ["make_synthetic", "render_image", "DEFECT_TYPES", "TEXTURES", "SYNTH_VERSION"]
+
+SYNTH_VERSION = 1
+DEFECT_TYPES = ("scratch", "blob", "missing")
+TEXTURES = ("weave", "grain")
+
+_TRAIN, _TEST_GOOD, _TEST_DEFECT0 = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------------------------- textures
+
+
+def _noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    return rng.normal(0.0, 5.0, (size, size, 1)) + rng.normal(0.0, 1.5, (size, size, 3))
+
+
+def _weave(rng: np.random.Generator, size: int) -> np.ndarray:
+    period = rng.uniform(7.0, 11.0) * size / 128.0
+    phase_x, phase_y = rng.uniform(0.0, period, 2)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    cell = (np.floor((xx + phase_x) / (2 * period)) + np.floor((yy + phase_y) / (2 * period))) % 2
+    stripes_x = np.cos(2 * np.pi * (xx + phase_x) / period)
+    stripes_y = np.cos(2 * np.pi * (yy + phase_y) / period)
+    pattern = np.where(cell == 0, stripes_x, stripes_y)
+    base = np.array([118.0, 128.0, 148.0]) + rng.normal(0.0, 3.0, 3)
+    tint = np.array([1.0, 1.0, 0.9])
+    return base + 40.0 * pattern[..., None] * tint + _noise(rng, size)
+
+
+def _smooth(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    grid = rng.standard_normal((cells + 1, cells + 1))
+    t = (np.arange(size) + 0.5) * (cells / size)
+    i0 = np.minimum(np.floor(t).astype(np.int64), cells - 1)
+    f = t - i0
+    f = f * f * (3.0 - 2.0 * f)  # smoothstep: no visible grid lines
+    rows = grid[i0] * (1.0 - f)[:, None] + grid[i0 + 1] * f[:, None]
+    return rows[:, i0] * (1.0 - f)[None, :] + rows[:, i0 + 1] * f[None, :]
+
+
+def _grain(rng: np.random.Generator, size: int) -> np.ndarray:
+    field = sum(w * _smooth(rng, size, c) for w, c in ((1.0, 3), (0.6, 6), (0.35, 12), (0.2, 24)))
+    field = field / max(float(field.std()), 1e-6)
+    base = np.array([132.0, 114.0, 92.0]) + rng.normal(0.0, 3.0, 3)
+    tint = np.array([1.0, 0.95, 0.85])
+    return base + 24.0 * field[..., None] * tint + _noise(rng, size)
+
+
+_TEXTURE_FUNCS = {"weave": _weave, "grain": _grain}
+
+
+def _texture_for(cls: str, classes: Sequence[str]) -> str:
+    if cls in _TEXTURE_FUNCS:
+        return cls
+    return TEXTURES[list(classes).index(cls) % len(TEXTURES)] if cls in classes else TEXTURES[0]
+
+
+# ------------------------------------------------------------------------------------------------ defects
+
+
+def _contrast_colour(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    mean = img.reshape(-1, 3).mean(axis=0)
+    delta = rng.uniform(70.0, 100.0)
+    sign = -1.0 if mean.mean() > 110.0 else 1.0
+    return np.clip(mean + sign * delta, 0.0, 255.0)
+
+
+def _scratch(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    size = img.shape[0]
+    width = max(2, int(round(size / 48.0)))
+    margin = 0.1 * size
+    length = rng.uniform(0.35, 0.6) * size
+    angle = rng.uniform(0.0, np.pi)
+    # start so that the straight-line extent fits; jittered segments are clipped inside the margin
+    dx, dy = np.cos(angle) * length, np.sin(angle) * length
+    x0 = rng.uniform(margin + max(0.0, -dx), size - margin - max(0.0, dx))
+    y0 = rng.uniform(margin + max(0.0, -dy), size - margin - max(0.0, dy))
+    points = [(x0, y0)]
+    for _ in range(3):
+        a = angle + rng.uniform(-0.3, 0.3)
+        x = float(np.clip(points[-1][0] + np.cos(a) * length / 3, margin, size - margin))
+        y = float(np.clip(points[-1][1] + np.sin(a) * length / 3, margin, size - margin))
+        points.append((x, y))
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).line([(round(x), round(y)) for x, y in points], fill=255, width=width, joint="curve")
+    mask = np.asarray(canvas) > 0
+    colour = _contrast_colour(img, rng)
+    painted = colour + rng.normal(0.0, 4.0, img.shape)
+    return np.where(mask[..., None], painted, img), mask
+
+
+def _blob(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    size = img.shape[0]
+    a = rng.uniform(0.06, 0.11) * size
+    b = a * rng.uniform(0.6, 1.0)
+    theta = rng.uniform(0.0, np.pi)
+    cx, cy = rng.uniform(a + 0.05 * size, size - a - 0.05 * size, 2)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
+    v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
+    mask = (u / a) ** 2 + (v / b) ** 2 <= 1.0
+    mean = img.reshape(-1, 3).mean(axis=0)
+    stain = mean * np.array([0.55, 0.45, 0.35]) * rng.uniform(0.8, 1.1)
+    alpha = rng.uniform(0.55, 0.75)
+    blended = img * (1.0 - alpha) + stain * alpha
+    return np.where(mask[..., None], blended, img), mask
+
+
+def _missing(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    size = img.shape[0]
+    w = int(round(rng.uniform(0.1, 0.2) * size))
+    h = int(round(rng.uniform(0.1, 0.2) * size))
+    x0 = int(rng.integers(int(0.05 * size), size - w - int(0.05 * size) + 1))
+    y0 = int(rng.integers(int(0.05 * size), size - h - int(0.05 * size) + 1))
+    mask = np.zeros((size, size), dtype=bool)
+    mask[y0 : y0 + h, x0 : x0 + w] = True
+    flat = img.reshape(-1, 3).mean(axis=0) * rng.uniform(0.5, 0.7)
+    return np.where(mask[..., None], flat, img), mask
+
+
+_DEFECT_FUNCS = {"scratch": _scratch, "blob": _blob, "missing": _missing}
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _rng(seed: int, cls: str, group: int, index: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), zlib.crc32(cls.encode("utf-8")), group, index, stream])
+
+
+def render_image(
+    cls: str,
+    index: int,
+    *,
+    seed: int = 0,
+    group: str = "train",
+    size: int = 128,
+    texture: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render one image of the synthetic set: ``(clean, image, mask)``.
+
+    ``group`` is ``"train"``, ``"good"`` (normal test) or a defect type. ``clean`` and ``image`` are
+    ``(size, size, 3)`` uint8 (equal for normal groups); ``mask`` is ``(size, size)`` bool and equals
+    ``(image != clean).any(-1)`` exactly. ``texture`` defaults to the class name when it is a known texture.
+    """
+    if group == "train":
+        code = _TRAIN
+    elif group == "good":
+        code = _TEST_GOOD
+    elif group in _DEFECT_FUNCS:
+        code = _TEST_DEFECT0 + DEFECT_TYPES.index(group)
+    else:
+        raise ValueError(f"group must be 'train', 'good' or one of {DEFECT_TYPES}, got {group!r}")
+    texture = texture or (cls if cls in _TEXTURE_FUNCS else TEXTURES[0])
+    if texture not in _TEXTURE_FUNCS:
+        raise ValueError(f"unknown texture {texture!r}; expected one of {TEXTURES}")
+    clean = _to_uint8(_TEXTURE_FUNCS[texture](_rng(seed, cls, code, index, 0), size))
+    mask = np.zeros((size, size), dtype=bool)
+    if code < _TEST_DEFECT0:
+        return clean, clean.copy(), mask
+    drawn, mask = _DEFECT_FUNCS[group](clean.astype(np.float64), _rng(seed, cls, code, index, 1))
+    image = _to_uint8(drawn)
+    image[~mask] = clean[~mask]
+    # a blend can leave a pixel (by chance) equal to its clean value: nudge it so the mask is exactly "changed"
+    same = mask & ~(image != clean).any(axis=-1)
+    if same.any():
+        bright = clean[same].astype(np.int16).mean(axis=-1, keepdims=True) > 127
+        image[same] = np.clip(clean[same].astype(np.int16) + np.where(bright, -8, 8), 0, 255).astype(np.uint8)
+    return clean, image, mask
+
+
+# ------------------------------------------------------------------------------------------------- writer
+
+
+def _check_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG")
+
+
+def _readme(seed, classes, textures, n_train, n_test_good, n_test_defect, size, defect_types) -> str:
+    lines = [
+        "Synthetic anomaly-detection dataset (MVTec AD layout), generated by zsad.data.synth.make_synthetic.",
+        f"generator_version: {SYNTH_VERSION}",
+        f"seed: {seed}",
+        f"classes: {', '.join(classes)}",
+        f"textures: {', '.join(f'{c}={t}' for c, t in zip(classes, textures))}",
+        f"size: {size}",
+        f"n_train: {n_train}",
+        f"n_test_good: {n_test_good}",
+        f"n_test_defect (per defect type): {n_test_defect}",
+        f"defect_types: {', '.join(defect_types)}",
+        "layout: <class>/train/good/NNN.png, <class>/test/good/NNN.png, <class>/test/<defect>/NNN.png,",
+        "        <class>/ground_truth/<defect>/NNN_mask.png (0/255; exactly the changed pixels)",
+        "regenerate: zsad.data.make_synthetic(out, seed=..., classes=..., n_train=..., n_test_good=...,",
+        "            n_test_defect=..., size=...)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def make_synthetic(
+    out: str | PathLike,
+    *,
+    seed: int = 0,
+    classes: Sequence[str] = ("weave", "grain"),
+    n_train: int = 8,
+    n_test_good: int = 4,
+    n_test_defect: int = 4,
+    size: int = 128,
+    overwrite: bool = False,
+    defect_types: Sequence[str] = DEFECT_TYPES,
+) -> Path:
+    """Write a synthetic MVTec-layout tree to ``out`` and return its absolute path.
+
+    ``n_test_defect`` is per defect type. A non-empty ``out`` is refused (``FileExistsError``) unless
+    ``overwrite=True``, in which case it is replaced. The tree is built in a temporary sibling folder and moved
+    into place, so an interrupted run never leaves a half-written tree at ``out``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    n_train = _check_count("n_train", n_train)
+    n_test_good = _check_count("n_test_good", n_test_good)
+    n_test_defect = _check_count("n_test_defect", n_test_defect)
+    size = _check_count("size", size)
+    if size < 32:
+        raise ValueError(f"size must be >= 32, got {size}")
+    classes = [classes] if isinstance(classes, str) else list(classes)
+    if not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be a non-empty list of distinct names, got {classes!r}")
+    for c in classes:
+        if not isinstance(c, str) or not c or c.startswith(".") or "/" in c or "\\" in c or c in ("..",):
+            raise ValueError(f"invalid class name {c!r} (must be a plain folder name)")
+    defect_types = list(defect_types)
+    unknown = [d for d in defect_types if d not in _DEFECT_FUNCS]
+    if unknown or len(set(defect_types)) != len(defect_types):
+        raise ValueError(f"defect_types must be distinct names from {DEFECT_TYPES}, got {defect_types!r}")
+    if n_train + n_test_good + n_test_defect * len(defect_types) == 0:
+        raise ValueError("nothing to generate: all image counts are 0")
+
+    out_path = Path(os.path.abspath(os.path.expanduser(os.fspath(out))))
+    if out_path.exists():
+        if not out_path.is_dir():
+            raise FileExistsError(f"{out_path} exists and is not a folder")
+        if any(out_path.iterdir()) and not overwrite:
+            raise FileExistsError(f"{out_path} is not empty; pass overwrite=True to replace it")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    textures = [_texture_for(c, classes) for c in classes]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
+    try:
+        for cls, texture in zip(classes, textures):
+            base = tmp / cls
+            for i in range(n_train):
+                _, img, _ = render_image(cls, i, seed=seed, group="train", size=size, texture=texture)
+                _save_png(img, base / "train" / "good" / f"{i:03d}.png")
+            for i in range(n_test_good):
+                _, img, _ = render_image(cls, i, seed=seed, group="good", size=size, texture=texture)
+                _save_png(img, base / "test" / "good" / f"{i:03d}.png")
+            for defect in defect_types:
+                for i in range(n_test_defect):
+                    _, img, mask = render_image(cls, i, seed=seed, group=defect, size=size, texture=texture)
+                    _save_png(img, base / "test" / defect / f"{i:03d}.png")
+                    _save_png(mask.astype(np.uint8) * 255, base / "ground_truth" / defect / f"{i:03d}_mask.png")
+        (tmp / "README.txt").write_text(
+            _readme(int(seed), classes, textures, n_train, n_test_good, n_test_defect, size, defect_types),
+            encoding="utf-8",
+        )
+        os.chmod(tmp, 0o755)
+        if out_path.exists():
+            shutil.rmtree(out_path)
+        os.replace(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_path
