@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         # Our own errors (DatasetError, CheckpointError, RunFolderError) are ValueErrors with a full message.
         print(f"zsad: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,73 @@
+"""From per-image predictions to the tidy metrics table of a run folder (per class, plus the mean over classes)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from zsad import metrics
+from zsad.results import METRIC_COLUMNS, read_predictions
+
+MEAN = "mean"
+_RUN_KEYS = ("dataset", "method", "setting", "shots", "seed")
+
+
+def _ci_rows(point: dict, ci: dict) -> list[tuple[str, float, float, float]]:
+    return [(name, value, *ci.get(name, (np.nan, np.nan))) for name, value in point.items()]
+
+
+def class_metrics(labels, scores, masks=None, maps=None, *, n_boot: int = 200, seed: int = 0):
+    """Metrics of one class as ``[(metric, value, ci_low, ci_high), ...]``.
+
+    Pixel metrics are computed when the class has at least one defect pixel; intervals are percentile bootstrap
+    intervals over the class's images (``n_boot`` = 0: no intervals, NaN).
+    """
+    point = metrics.image_metrics(labels, scores)
+    ci = metrics.image_metrics_ci(labels, scores, n_boot=n_boot, seed=seed) if n_boot else {}
+    rows = _ci_rows(point, ci)
+    if masks is not None and np.any(masks):
+        point = metrics.pixel_metrics(masks, maps)
+        ci = metrics.pixel_metrics_ci(masks, maps, n_boot=n_boot, seed=seed) if n_boot else {}
+        rows += _ci_rows(point, ci)
+    return rows
+
+
+def metrics_table(pred: dict, *, dataset: str, method: str, setting: str, shots: int, seed: int,
+                  n_boot: int = 200, boot_seed: int = 0) -> pd.DataFrame:
+    """Tidy metrics (columns :data:`zsad.results.METRIC_COLUMNS`) for predictions of one or more classes.
+
+    ``pred`` holds ``classes``, ``labels``, ``scores`` and optionally ``masks``/``maps`` (N, H, W). The ``mean`` rows
+    are the unweighted means over classes (as every paper reports); they carry no interval.
+    """
+    classes = np.asarray(pred["classes"], dtype=str)
+    labels, scores = np.asarray(pred["labels"]), np.asarray(pred["scores"])
+    masks, maps = pred.get("masks"), pred.get("maps")
+    key = (dataset, method, setting, int(shots), int(seed))
+    rows, per_class = [], {}
+    for cls in sorted(set(classes)):
+        idx = np.flatnonzero(classes == cls)
+        cls_rows = class_metrics(labels[idx], scores[idx],
+                                 None if masks is None else masks[idx], None if maps is None else maps[idx],
+                                 n_boot=n_boot, seed=boot_seed)
+        per_class[cls] = {name: value for name, value, _, _ in cls_rows}
+        rows += [(*key[:1], cls, *key[1:], *r) for r in cls_rows]
+    shared = set.intersection(*(set(m) for m in per_class.values()))
+    mean = metrics.mean_over_classes({c: {k: v for k, v in m.items() if k in shared} for c, m in per_class.items()})
+    rows += [(dataset, MEAN, *key[1:], name, value, np.nan, np.nan) for name, value in mean.items()]
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+
+def evaluate_predictions(path, *, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Recompute the metrics table from a ``predictions.npz`` (or a run folder holding one).
+
+    The run's dataset, method, setting, shots and seed are read from the ``provenance.json`` beside the file when
+    there is one, so the result can be compared row by row with the run's own ``metrics.csv``.
+    """
+    path = Path(path)
+    pred = read_predictions(path)
+    prov_file = (path if path.is_dir() else path.parent) / "provenance.json"
+    params = json.loads(prov_file.read_text()).get("parameters", {}) if prov_file.is_file() else {}
+    key = {k: params.get(k, "unknown" if k in ("dataset", "method", "setting") else 0) for k in _RUN_KEYS}
+    return metrics_table(pred, **key, n_boot=n_boot, boot_seed=seed)
