@@ -44,6 +44,20 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from zsad.backbone import default_checkpoint
+    from zsad.study import predict
+
+    res = predict(args.method, args.dataset, args.root, args.classes, model=args.model,
+                  checkpoint=args.checkpoint or default_checkpoint(), shots=args.shots, seed=args.seed,
+                  mode=args.mode, sizes=args.sizes, prompts=args.prompts or (), max_images=args.max_images,
+                  n_boot=args.n_boot, out=args.out, overwrite=args.overwrite)
+    wide = res["metrics"].pivot_table(index="class", columns="metric", values="value", sort=False)
+    print(wide.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"run folder: {res['path']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zsad", description=__doc__.splitlines()[0] + " See README.md.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=["synthetic", "mvtec", "visa", "magnetic_tile", "folder"])
     p.add_argument("--root", type=Path, help="dataset root (default: the embedded or configured one)")
     p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("predict", help="run one method on a dataset and write a run folder")
+    p.add_argument("--method", default="fade", help="fade (more as they land)")
+    p.add_argument("--dataset", default="synthetic", choices=["synthetic", "mvtec", "visa", "magnetic_tile", "folder"])
+    p.add_argument("--root", type=Path, help="dataset root (default: the embedded or configured one)")
+    p.add_argument("--classes", help="comma-separated classes (default: all)")
+    p.add_argument("--model", default="ViT-B-16-plus-240", help="open_clip architecture (zsad-tiny-vit: tests)")
+    p.add_argument("--checkpoint", help="local open_clip checkpoint (default $ZSAD_CHECKPOINT; none: RANDOM WEIGHTS)")
+    p.add_argument("--shots", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="few-shot reference sampling seed")
+    p.add_argument("--mode", default="both", choices=["language", "vision", "both"])
+    p.add_argument("--sizes", default="240,448,896", help="segmentation scales, multiples of 16")
+    p.add_argument("--prompts", help="comma-separated prompt files added to the segmentation ensemble")
+    p.add_argument("--max-images", type=int, help="test images per class (evenly spaced subset)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for intervals (0: none)")
+    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("eval", help="recompute all metrics from a predictions.npz file (or run folder)")
     p.add_argument("--predictions", required=True, type=Path)

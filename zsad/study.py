@@ -1,10 +1,20 @@
 """The orchestrator the CLI and the notebooks call: named datasets in, tidy tables and run folders out."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import torch
 
 from zsad import config
-from zsad.data import load_dataset
+from zsad.backbone import DEFAULT_MODEL, load_model
+from zsad.data import class_prompt_name, load_dataset, load_mask, sample_references
+from zsad.evaluate import metrics_table
+from zsad.features import extract_tokens
+from zsad.methods.base import resize_maps
+from zsad.methods.fade import FadeConfig, fade
+from zsad.prompts import read_prompt_file, winclip_prompts
+from zsad.results import provenance, write_run
+from zsad.text import encode_prompts, prototypes
 
 
 def _names(value) -> list[str]:
@@ -43,3 +53,102 @@ def dataset_overview(datasets="synthetic,magnetic_tile", roots="") -> pd.DataFra
         counts.insert(0, "dataset", name)
         frames.append(counts)
     return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------- predict
+
+def subset_evenly(records, max_images: int | None):
+    """At most ``max_images`` records, evenly spaced over the sorted list (so every defect folder is sampled)."""
+    if not max_images or len(records) <= max_images:
+        return list(records)
+    idx = np.unique(np.linspace(0, len(records) - 1, max_images).round().astype(int))
+    return [records[i] for i in idx]
+
+
+def _ground_truth(records, size: int) -> np.ndarray:
+    return np.stack([load_mask(r, size).numpy() for r in records]) if records else np.zeros((0, size, size), bool)
+
+
+def _prompt_sets(cls: str, prompt_files) -> tuple[dict, dict]:
+    """FADE's two ensembles: classification with the class name, segmentation with "object" (+ prompt files)."""
+    ac = winclip_prompts(class_prompt_name(cls))
+    seg = winclip_prompts("object")
+    for path in prompt_files:
+        extra = read_prompt_file(path)
+        seg = {side: seg[side] + extra[side] for side in seg}
+    return ac, seg
+
+
+def _fade_class(loaded, cls, test, refs, params, progress):
+    sizes = tuple(sorted(set(params["sizes"]) | {240}))
+    tokens = extract_tokens(loaded.model, test, sizes, progress=progress, desc=f"{cls} test")
+    ref_tokens = extract_tokens(loaded.model, refs, params["sizes"], progress=progress,
+                                desc=f"{cls} refs") if refs else None
+    ac, seg = _prompt_sets(cls, params["prompts"])
+    enc = {name: prototypes(encode_prompts(loaded.model, loaded.tokenizer, p["normal"]),
+                            encode_prompts(loaded.model, loaded.tokenizer, p["abnormal"]))
+           for name, p in (("ac", ac), ("as", seg))}
+    cfg = FadeConfig(shots=params["shots"], ac_mode=params["mode"], as_mode=params["mode"],
+                     sizes=tuple(params["sizes"]), eval_size=params["eval_size"])
+    return fade(tokens, cfg, ac_prototypes=enc["ac"], as_prototypes=enc["as"], refs=ref_tokens)
+
+
+METHODS = {"fade": _fade_class}
+
+
+def _setting(shots: int) -> str:
+    return "0-shot" if shots == 0 else f"{shots}-shot"
+
+
+def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes=None, *,
+            model: str = DEFAULT_MODEL, checkpoint=None, shots: int = 0, seed: int = 0, mode: str = "both",
+            sizes=(240, 448, 896), prompts=(), max_images: int | None = None, eval_size: int = 448,
+            n_boot: int = 200, out=None, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run one method on one dataset (every class, or ``classes``) and write a run folder when ``out`` is given.
+
+    Returns ``{"metrics": DataFrame, "predictions": dict, "provenance": dict, "path": Path | None}``.
+    Inputs are checked before any model runs: unknown method or class, shots larger than a class's train set,
+    sizes not multiples of 16, prompt files without both sides.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+    sizes = tuple(int(s) for s in (_names(sizes) if isinstance(sizes, str) else sizes))
+    if not sizes or any(s <= 0 or s % 16 for s in sizes):
+        raise ValueError(f"sizes must be positive multiples of the patch size 16, got {sizes}")
+    prompts = tuple(_names(prompts)) if isinstance(prompts, str) else tuple(prompts or ())
+    for path in prompts:
+        read_prompt_file(path)  # fail early on a bad file
+    kind, data_root = config.resolve_dataset(dataset, root)
+    records = load_dataset(kind, data_root, classes=_names(classes) if isinstance(classes, str) else classes)
+    by_class: dict[str, dict] = {}
+    for r in records:
+        by_class.setdefault(r.cls, {"train": [], "test": []})[r.split].append(r)
+    references = {}
+    for cls, parts in by_class.items():
+        if not parts["test"]:
+            raise ValueError(f"class {cls!r} of {data_root} has no test images")
+        references[cls] = sample_references(parts["train"], shots, seed) if shots else []
+    params = {"method": method, "dataset": dataset, "root": config.display_path(data_root),
+              "classes": sorted(by_class), "model": model, "shots": shots, "seed": seed, "mode": mode,
+              "sizes": list(sizes), "prompts": [config.display_path(p) for p in prompts],
+              "max_images": max_images, "eval_size": eval_size, "n_boot": n_boot, "setting": _setting(shots)}
+
+    loaded = load_model(model, checkpoint=checkpoint, seed=0)
+    parts = []
+    for cls in sorted(by_class):
+        test = subset_evenly(by_class[cls]["test"], max_images)
+        out_cls = METHODS[method](loaded, cls, test, references[cls], {**params, "prompts": prompts}, progress)
+        maps = out_cls.maps
+        if maps.shape[-1] != eval_size:
+            maps = resize_maps(torch.from_numpy(maps.astype(np.float32)), eval_size).numpy()
+        pred = {"paths": [r.relpath for r in test], "classes": [cls] * len(test),
+                "labels": [r.label for r in test], "scores": out_cls.scores,
+                "masks": _ground_truth(test, eval_size), "maps": maps}
+        parts.append(pred)
+    predictions = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    table = metrics_table(predictions, dataset=dataset, method=method, setting=params["setting"], shots=shots,
+                          seed=seed, n_boot=n_boot)
+    prov = provenance(params, model=loaded, seed=seed,
+                      references={c: [r.relpath for r in refs] for c, refs in references.items() if refs})
+    path = write_run(out, table, predictions, prov, overwrite=overwrite) if out else None
+    return {"metrics": table, "predictions": predictions, "provenance": prov, "path": path}
