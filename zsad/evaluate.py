@@ -39,7 +39,7 @@ def metrics_table(pred: dict, *, dataset: str, method: str, setting: str, shots:
     """Tidy metrics (columns :data:`zsad.results.METRIC_COLUMNS`) for predictions of one or more classes.
 
     ``pred`` holds ``classes``, ``labels``, ``scores`` and optionally ``masks``/``maps`` (N, H, W). The ``mean`` rows
-    are the unweighted means over classes (as every paper reports); they carry no interval.
+    are the unweighted means over classes (as every paper reports); their image metrics carry an interval too.
     """
     classes = np.asarray(pred["classes"], dtype=str)
     labels, scores = np.asarray(pred["labels"]), np.asarray(pred["scores"])
@@ -55,8 +55,30 @@ def metrics_table(pred: dict, *, dataset: str, method: str, setting: str, shots:
         rows += [(*key[:1], cls, *key[1:], *r) for r in cls_rows]
     shared = set.intersection(*(set(m) for m in per_class.values()))
     mean = metrics.mean_over_classes({c: {k: v for k, v in m.items() if k in shared} for c, m in per_class.items()})
-    rows += [(dataset, MEAN, *key[1:], name, value, np.nan, np.nan) for name, value in mean.items()]
+    mean_ci = _mean_image_ci(classes, labels, scores, n_boot, boot_seed) if n_boot else {}
+    rows += [(dataset, MEAN, *key[1:], name, value, *mean_ci.get(name, (np.nan, np.nan)))
+             for name, value in mean.items()]
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+
+def _class_mean_metric(all_classes):
+    def mean_of_classes(classes, labels, scores) -> dict[str, float]:
+        per_class = {}
+        for cls in all_classes:
+            idx = classes == cls
+            if not idx.any():  # a resample without this class: redrawn, like a one-label resample
+                raise metrics.OneClassError(f"class {cls!r} absent from the resample")
+            per_class[cls] = metrics.image_metrics(labels[idx], scores[idx])
+        return metrics.mean_over_classes(per_class)
+    return mean_of_classes
+
+
+def _mean_image_ci(classes, labels, scores, n_boot: int, seed: int) -> dict:
+    """Intervals of the class-mean image metrics: images resampled over all classes at once, every class's
+    metric recomputed and averaged (a resample in which a class lacks a label is redrawn). The pixel metrics of
+    the mean row carry no interval: a full pixel evaluation per resample costs minutes at MVTec scale."""
+    return metrics.bootstrap_ci(_class_mean_metric(sorted(set(classes))), classes, labels, scores,
+                                n_boot=n_boot, seed=seed)
 
 
 def evaluate_predictions(path, *, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
