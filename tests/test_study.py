@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from zsad.cli import main
-from zsad.study import predict, subset_evenly
+from zsad.study import METHODS, predict, subset_evenly
 
 TINY = dict(model="zsad-tiny-vit", sizes=(240, 448), n_boot=20, progress=False)
 
@@ -70,9 +70,14 @@ def test_subset_evenly_keeps_every_group():
     assert subset_evenly(items, None) == items
 
 
-def test_cli_predict(synth_root, tmp_path, capsys):
-    assert main(["predict", "--dataset", "synthetic", "--root", str(synth_root), "--classes", "grain",
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_cli_predict_every_method(method, synth_root, tmp_path, capsys):
+    assert main(["predict", "--method", method, "--shots", "1", "--dataset", "synthetic", "--root", str(synth_root),
+                 "--classes", "grain",
                  "--model", "zsad-tiny-vit", "--sizes", "240", "--max-images", "6", "--n-boot", "0",
                  "--out", str(tmp_path / "run")]) == 0
     assert "run folder:" in capsys.readouterr().out
-    assert (tmp_path / "run" / "provenance.json").is_file()
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert prov["parameters"]["method"] == method and len(prov["few_shot_references"]["grain"]) == 1
+    pred = np.load(tmp_path / "run" / "predictions.npz")
+    assert pred["maps"].shape == (6, 448, 448) and np.isfinite(pred["scores"]).all()

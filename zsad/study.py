@@ -12,9 +12,11 @@ from zsad.evaluate import metrics_table
 from zsad.features import extract_tokens
 from zsad.methods.base import resize_maps
 from zsad.methods.fade import FadeConfig, fade
+from zsad.methods.winclip import WinClipConfig, winclip
 from zsad.prompts import read_prompt_file, winclip_prompts
 from zsad.results import provenance, write_run
 from zsad.text import encode_prompts, prototypes
+from zsad.windows import extract_window_tokens
 
 
 def _names(value) -> list[str]:
@@ -93,7 +95,17 @@ def _fade_class(loaded, cls, test, refs, params, progress):
     return fade(tokens, cfg, ac_prototypes=enc["ac"], as_prototypes=enc["as"], refs=ref_tokens)
 
 
-METHODS = {"fade": _fade_class}
+def _winclip_class(loaded, cls, test, refs, params, progress):
+    windows = extract_window_tokens(loaded.model, test, progress=progress)
+    ref_windows = extract_window_tokens(loaded.model, refs, progress=progress) if refs else None
+    p = winclip_prompts(class_prompt_name(cls))
+    # WinCLIP averages the raw text embeddings (no FADE wrapper); winclip() normalises the prototypes.
+    proto = prototypes(*(encode_prompts(loaded.model, loaded.tokenizer, p[side], wrapper=None, normalise=False)
+                         for side in ("normal", "abnormal")))
+    return winclip(windows, proto, WinClipConfig(shots=params["shots"]), ref_windows=ref_windows)
+
+
+METHODS = {"fade": _fade_class, "winclip": _winclip_class}
 
 
 def _setting(shots: int) -> str:

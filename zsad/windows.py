@@ -1,0 +1,282 @@
+"""WinCLIP's image side: window embeddings of an open_clip ViT, batch-first, for open_clip 3.x.
+
+WinCLIP (Jeong et al., CVPR 2023) describes an image by CLIP embeddings at three scales: the whole image (the CLS
+embedding), and sliding windows of 2x2 and 3x3 patches (32 and 48 px on the 15x15 grid of ViT-B-16-plus-240 at
+240 px), stride one patch: 196 and 169 windows. A window is not a crop that is re-encoded from pixels: its embedding
+is computed by *masking the token sequence* (method notes section 2):
+
+    tokens = patch_embed(image) (+) CLS, + positional embedding    # the output of the embedding step
+    keep CLS and the window's patch tokens                          # 1 + s*s tokens, positions kept
+    ln_pre -> all transformer blocks -> ln_post -> CLS token -> @ proj
+
+so a window "sees" only its own patches, with their original positional embeddings.
+
+Why this module exists (the version trap of the method notes)
+--------------------------------------------------------------
+anomalib's WinCLIP (and zqhang's) permute the masked tokens to (L, N, D) before calling ``visual.transformer``.
+That was right for open_clip < 2.26; from 2.26 on the ``Transformer`` is batch-first and the permute makes every
+block attend across *windows* instead of across tokens. Nothing raises; the window embeddings are just wrong (cosine
+0.47-0.55 to the right ones, measured with anomalib 2.7 on open_clip 3.3.0) while the image embedding stays right.
+zsad does not call ``visual.transformer`` at all: it recomputes the tower from its parts with the explicit
+batch-first helpers of :mod:`zsad.gem` (``_embed``, ``_qkv``, ``_plain_block``, ``_head``), which are tested against
+open_clip's own forward. ``tests/test_winclip.py`` checks :func:`encode_windows` against a slow per-window float64
+reference (explicit per-head softmax attention, one window at a time) and checks that the window made of the whole
+grid equals ``model.encode_image``.
+
+Because ``ln_pre`` is a per-token LayerNorm, selecting tokens before or after it gives the same result, so the
+embedding step (incl. ``ln_pre``) runs once per image and each window is a gather of its rows. All windows of all
+images of a batch run as one batch of short sequences (5 tokens at scale 2, 10 at scale 3), in chunks of at most
+``max_sequences`` sequences, with no per-window Python loop.
+
+Full-scale patch tokens for WinCLIP+ (few-shot) -- ``patch_stream``
+--------------------------------------------------------------------
+WinCLIP+ also keeps a memory of the reference images' full-scale patch tokens. Implementations differ:
+
+- ``"ln_post"`` (default; anomalib): final-block tokens after ``ln_post``, **not** projected (896-d for
+  ViT-B-16-plus-240). This is what open_clip's ``output_tokens=True`` returns for a CLS-pooled ViT, which anomalib
+  uses. Chosen as the default because anomalib is the maintained implementation and the tokens it uses are
+  well-defined on open_clip 3.x.
+- ``"raw"`` (zqhang/Accurate-WinCLIP-pytorch): final-block tokens before ``ln_post``, not projected (its custom
+  open_clip applies ``ln_post`` to the pooled CLS only).
+- ``"proj"``: after ``ln_post`` and ``@ proj`` (640-d), i.e. the same space as the CLS and window embeddings (what
+  FADE's few-shot memory uses).
+
+Only cosines between tokens of the same stream are ever taken, so the three are alternatives, not mixable.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from zsad.gem import _check_config, _embed, _head, _plain_block, _qkv, _visual_of
+
+__all__ = ["PATCH_STREAMS", "WindowTokens", "window_masks", "encode_windows", "encode_all",
+           "patch_tokens_unprojected", "extract_window_tokens"]
+
+PATCH_STREAMS = ("ln_post", "raw", "proj")
+DEFAULT_SCALES = (2, 3)
+MAX_SEQUENCES = 4096  # sequences per block pass: bounds activation memory (4096 x 10 tokens x 896 x 4 B = 147 MB)
+
+
+# ------------------------------------------------------------------------------------------------ window masks
+
+
+def _grid_hw(grid) -> tuple[int, int]:
+    if isinstance(grid, (tuple, list)):
+        h, w = (int(g) for g in grid)
+    else:
+        h = w = int(grid)
+    if h < 1 or w < 1:
+        raise ValueError(f"grid must be positive, got {grid!r}")
+    return h, w
+
+
+def _starts(n: int, scale: int, stride: int) -> list[int]:
+    """Top-left offsets along one axis; the last window is added when the stride would leave the edge uncovered."""
+    starts = list(range(0, n - scale + 1, stride))
+    if starts[-1] != n - scale:
+        starts.append(n - scale)
+    return starts
+
+
+def window_masks(grid: int | tuple[int, int] = 15, scales: Sequence[int] = DEFAULT_SCALES, stride: int = 1
+                 ) -> dict[int, torch.Tensor]:
+    """Patch indices of every sliding window: ``{scale: LongTensor (n_windows, scale*scale)}``.
+
+    Patches are numbered row-major on the ``grid`` (``row * width + col``, CLS not counted); windows are ordered
+    row-major by their top-left patch, and the indices inside a window are row-major too. On the 15x15 grid with
+    stride 1 there are 14*14 = 196 windows of 2x2 and 13*13 = 169 of 3x3 (as in anomalib, zqhang and caoyunkang).
+    With a stride > 1 a last row/column of windows flush with the border is added where the stride would
+    otherwise leave the border patches uncovered (anomalib's ``unfold`` would leave them out and give them a 0
+    score), so every patch lies in at least one window of each scale.
+    """
+    h, w = _grid_hw(grid)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+    out = {}
+    for scale in scales:
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"window scales must be ints >= 1, got {scale!r}")
+        if scale > h or scale > w:
+            raise ValueError(f"window scale {scale} does not fit the {h}x{w} patch grid")
+        rows = torch.tensor(_starts(h, scale, stride))
+        cols = torch.tensor(_starts(w, scale, stride))
+        top_left = (rows[:, None] * w + cols[None, :]).reshape(-1)  # (n_windows,)
+        offs = (torch.arange(scale)[:, None] * w + torch.arange(scale)[None, :]).reshape(-1)  # (s*s,)
+        out[int(scale)] = (top_left[:, None] + offs[None, :]).long()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- the forward
+
+
+def _check_tower(model: nn.Module) -> nn.Module:
+    visual = _visual_of(model)
+    try:  # same structural requirements as the GEM forward: plain blocks with nn.MultiheadAttention, 'tok' pool
+        _check_config(visual, 2, 1, None)
+    except ValueError as exc:
+        raise ValueError(f"WinCLIP window embeddings: {str(exc).removeprefix('GEM: ')}") from None
+    return visual
+
+
+def _blocks(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """All residual blocks, batch-first: (B, L, C) -> (B, L, C)."""
+    for blk in visual.transformer.resblocks:
+        u = blk.ln_1(x)
+        x = _plain_block(blk, x, u, *_qkv(blk, u))
+    return x
+
+
+def _grid_of_pixels(visual: nn.Module, pixels: torch.Tensor) -> tuple[int, int]:
+    ph, pw = visual.conv1.kernel_size
+    return pixels.shape[-2] // ph, pixels.shape[-1] // pw
+
+
+def _window_forward(visual: nn.Module, x: torch.Tensor, mask: torch.Tensor, max_sequences: int) -> torch.Tensor:
+    """Window embeddings from embedded tokens ``x`` (B, 1+P, C) (after ln_pre): (B, n_windows, D), not normalised."""
+    B, _, C = x.shape
+    n_win, k = mask.shape
+    idx = torch.cat([torch.zeros(n_win, 1, dtype=torch.long), mask + 1], dim=1).to(x.device)  # CLS + window
+    seqs = x[:, idx.reshape(-1)].reshape(B * n_win, k + 1, C)  # (B*n_win, 1+k, C), image-major
+    outs = []
+    for start in range(0, seqs.shape[0], max_sequences):
+        z = _blocks(visual, seqs[start:start + max_sequences])
+        outs.append(_head(visual, z[:, :1])[:, 0])  # ln_post on the CLS token, then proj
+    return torch.cat(outs).reshape(B, n_win, -1)
+
+
+def encode_windows(model: nn.Module, pixels: torch.Tensor, scales: Sequence[int] = DEFAULT_SCALES,
+                   stride: int = 1, *, max_sequences: int = MAX_SEQUENCES) -> dict[int, torch.Tensor]:
+    """Window embeddings of a batch of images: ``{scale: (B, n_windows, D)}``, after ``proj``, NOT normalised.
+
+    ``pixels`` are (B, 3, H, W) CLIP-normalised floats (H, W multiples of the patch size; another grid than the
+    native one resizes the positional embedding as :func:`zsad.gem.encode_tokens` does). Windows are those of
+    :func:`window_masks` on the image's patch grid. Call under ``torch.inference_mode()`` or ``no_grad``.
+    """
+    return encode_all(model, pixels, scales, stride, max_sequences=max_sequences)[1]
+
+
+def patch_tokens_unprojected(model: nn.Module, pixels: torch.Tensor, *, ln_post: bool = True) -> torch.Tensor:
+    """Full-scale patch tokens of the last block, (B, h*w, width), CLS dropped, NOT normalised, not projected.
+
+    ``ln_post=True`` (anomalib, the default of :func:`extract_window_tokens`): after ``ln_post``;
+    ``ln_post=False`` (zqhang): the raw block output.
+    """
+    visual = _check_tower(model)
+    z = _blocks(visual, _embed(visual, pixels))[:, 1:]
+    return visual.ln_post(z) if ln_post else z
+
+
+def encode_all(model: nn.Module, pixels: torch.Tensor, scales: Sequence[int] = DEFAULT_SCALES, stride: int = 1,
+               *, patch_stream: str = "ln_post", max_sequences: int = MAX_SEQUENCES
+               ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
+    """Everything WinCLIP needs from one embedding pass: ``(cls, windows, patch)``, none normalised.
+
+    cls : (B, D) the image embedding (equals ``model.encode_image``);
+    windows : ``{scale: (B, n_windows, D)}`` as :func:`encode_windows`;
+    patch : (B, h*w, D') full-scale patch tokens of ``patch_stream`` (module docstring).
+    """
+    if patch_stream not in PATCH_STREAMS:
+        raise ValueError(f"patch_stream must be one of {PATCH_STREAMS}, got {patch_stream!r}")
+    if isinstance(max_sequences, bool) or not isinstance(max_sequences, int) or max_sequences < 1:
+        raise ValueError(f"max_sequences must be an int >= 1, got {max_sequences!r}")
+    visual = _check_tower(model)
+    x = _embed(visual, pixels)  # (B, 1+P, C): CLS + patches + pos-emb, ln_pre
+    masks = window_masks(_grid_of_pixels(visual, pixels), scales, stride)
+    windows = {s: _window_forward(visual, x, m, max_sequences) for s, m in masks.items()}
+    z = _blocks(visual, x)
+    if patch_stream == "raw":
+        patch = z[:, 1:]
+        cls = _head(visual, z[:, :1])[:, 0]
+    else:
+        full = visual.ln_post(z)
+        proj = getattr(visual, "proj", None)
+        cls = full[:, 0] @ proj if proj is not None else full[:, 0]
+        patch = full[:, 1:] @ proj if (patch_stream == "proj" and proj is not None) else full[:, 1:]
+    return cls, windows, patch
+
+
+# ------------------------------------------------------------------------------------------- dataset level
+
+
+@dataclass
+class WindowTokens:
+    """L2-normalised WinCLIP features of a list of images (float32, CPU).
+
+    cls : (N, D) image embeddings; windows : ``{scale: (N, n_windows, D)}``; patch : (N, h*w, D') full-scale
+    patch tokens of ``patch_stream``; ``grid`` = (h, w) patch grid; ``stride`` of the windows; ``size`` in px.
+    """
+
+    relpaths: list[str]
+    cls: torch.Tensor
+    windows: dict[int, torch.Tensor]
+    patch: torch.Tensor
+    grid: tuple[int, int]
+    stride: int = 1
+    size: int = 240
+    patch_stream: str = "ln_post"
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def subset(self, index) -> "WindowTokens":
+        """The features of some images (``index``: int, slice or a sequence of positions)."""
+        if isinstance(index, int):
+            index = [index]
+        if isinstance(index, slice):
+            pos = list(range(len(self)))[index]
+        else:
+            pos = [int(i) for i in index]
+        t = torch.as_tensor(pos, dtype=torch.long)
+        return WindowTokens([self.relpaths[i] for i in pos], self.cls[t], {s: w[t] for s, w in self.windows.items()},
+                            self.patch[t], self.grid, self.stride, self.size, self.patch_stream, dict(self.info))
+
+
+@torch.inference_mode()
+def extract_window_tokens(model, records: Sequence, *, size: int = 240, scales: Sequence[int] = DEFAULT_SCALES,
+                          stride: int = 1, batch_size: int = 8, progress: bool = True,
+                          patch_stream: str = "ln_post", desc: str = "windows") -> WindowTokens:
+    """Run the image tower once per image and return its normalised WinCLIP features (:class:`WindowTokens`).
+
+    ``records`` are :class:`zsad.data.ImageRecord` (or anything with ``.path`` and ``.relpath``); images are read
+    and preprocessed with :func:`zsad.data.preprocess` (FADE's transform: bicubic square resize, CLIP mean/std)
+    one batch at a time. This does not reuse :func:`zsad.features.extract_tokens`: that pass also runs the GEM
+    stream (not needed here) and returns projected tokens only, while WinCLIP+ needs the unprojected ones and the
+    window forwards need the embedding step, so one pass here yields the CLS, window and patch features together.
+    """
+    from zsad.data import load_image, preprocess
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not records:
+        raise ValueError("no images to encode")
+    device = next(model.parameters()).device
+    parts_cls, parts_patch = [], []
+    parts_win: dict[int, list] = {}
+    starts = range(0, len(records), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        batch = records[start:start + batch_size]
+        pixels = torch.stack([preprocess(load_image(r.path), size) for r in batch]).to(device)
+        cls, windows, patch = encode_all(model, pixels, scales, stride, patch_stream=patch_stream)
+        parts_cls.append(F.normalize(cls.float(), dim=-1).cpu())
+        parts_patch.append(F.normalize(patch.float(), dim=-1).cpu())
+        for s, w in windows.items():
+            parts_win.setdefault(s, []).append(F.normalize(w.float(), dim=-1).cpu())
+    visual = _visual_of(model)
+    ph, pw = visual.conv1.kernel_size
+    return WindowTokens(
+        relpaths=[r.relpath for r in records],
+        cls=torch.cat(parts_cls),
+        windows={s: torch.cat(p) for s, p in parts_win.items()},
+        patch=torch.cat(parts_patch),
+        grid=(size // ph, size // pw),
+        stride=stride,
+        size=size,
+        patch_stream=patch_stream,
+    )
