@@ -46,10 +46,12 @@ def _cmd_eval(args) -> int:
 
 def _cmd_predict(args) -> int:
     from zsad.backbone import default_checkpoint
+    from zsad.cnn import default_cnn_checkpoint
     from zsad.study import predict
 
     res = predict(args.method, args.dataset, args.root, args.classes, model=args.model,
-                  checkpoint=args.checkpoint or default_checkpoint(), shots=args.shots, seed=args.seed,
+                  checkpoint=args.checkpoint or default_checkpoint(),
+                  cnn_checkpoint=args.cnn_checkpoint or default_cnn_checkpoint(), shots=args.shots, seed=args.seed,
                   mode=args.mode, sizes=args.sizes, prompts=args.prompts or (), max_images=args.max_images,
                   n_boot=args.n_boot, out=args.out, overwrite=args.overwrite)
     wide = res["metrics"].pivot_table(index="class", columns="metric", values="value", sort=False)
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated classes (default: all)")
     p.add_argument("--model", default="ViT-B-16-plus-240", help="open_clip architecture (zsad-tiny-vit: tests)")
     p.add_argument("--checkpoint", help="local open_clip checkpoint (default $ZSAD_CHECKPOINT; none: RANDOM WEIGHTS)")
+    p.add_argument("--cnn-checkpoint", help="torchvision WideResNet-50 file for patchcore (default $ZSAD_CNN_CHECKPOINT)")
     p.add_argument("--shots", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="few-shot reference sampling seed")
     p.add_argument("--mode", default="both", choices=["language", "vision", "both"])

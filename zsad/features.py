@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ipywidgets
 
 from zsad.data import ImageRecord, load_image, preprocess
 from zsad.gem import encode_tokens

@@ -11,7 +11,9 @@ from zsad.data import class_prompt_name, load_dataset, load_mask, sample_referen
 from zsad.evaluate import metrics_table
 from zsad.features import extract_tokens
 from zsad.methods.base import resize_maps
+from zsad.cnn import extract_patch_features, load_wide_resnet50
 from zsad.methods.fade import FadeConfig, fade
+from zsad.methods.patchcore import PatchCoreConfig, patchcore
 from zsad.methods.winclip import WinClipConfig, winclip
 from zsad.prompts import read_prompt_file, winclip_prompts
 from zsad.results import provenance, write_run
@@ -105,7 +107,16 @@ def _winclip_class(loaded, cls, test, refs, params, progress):
     return winclip(windows, proto, WinClipConfig(shots=params["shots"]), ref_windows=ref_windows)
 
 
-METHODS = {"fade": _fade_class, "winclip": _winclip_class}
+def _patchcore_class(loaded, cls, test, refs, params, progress):
+    if not refs:
+        raise ValueError("PatchCore is a k-shot baseline: pass shots >= 1")
+    test_feat, grid = extract_patch_features(loaded, test, progress=progress)
+    ref_feat, _ = extract_patch_features(loaded, refs, progress=progress)
+    return patchcore(test_feat, ref_feat, grid, PatchCoreConfig(seed=params["seed"]), out_size=params["eval_size"])
+
+
+# name -> (per-class runner, backbone family). CLIP methods share load_model; PatchCore uses a WideResNet-50.
+METHODS = {"fade": (_fade_class, "clip"), "winclip": (_winclip_class, "clip"), "patchcore": (_patchcore_class, "cnn")}
 
 
 def _setting(shots: int) -> str:
@@ -113,7 +124,7 @@ def _setting(shots: int) -> str:
 
 
 def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes=None, *,
-            model: str = DEFAULT_MODEL, checkpoint=None, shots: int = 0, seed: int = 0, mode: str = "both",
+            model: str = DEFAULT_MODEL, checkpoint=None, cnn_checkpoint=None, shots: int = 0, seed: int = 0, mode: str = "both",
             sizes=(240, 448, 896), prompts=(), max_images: int | None = None, eval_size: int = 448,
             n_boot: int = 200, out=None, overwrite: bool = False, progress: bool = True) -> dict:
     """Run one method on one dataset (every class, or ``classes``) and write a run folder when ``out`` is given.
@@ -124,6 +135,9 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+    run_class, family = METHODS[method]
+    if family == "cnn" and shots < 1:
+        raise ValueError(f"{method} is a k-shot baseline: shots must be >= 1, got {shots}")
     sizes = tuple(int(s) for s in (_names(sizes) if isinstance(sizes, str) else sizes))
     if not sizes or any(s <= 0 or s % 16 for s in sizes):
         raise ValueError(f"sizes must be positive multiples of the patch size 16, got {sizes}")
@@ -145,11 +159,15 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
               "sizes": list(sizes), "prompts": [config.display_path(p) for p in prompts],
               "max_images": max_images, "eval_size": eval_size, "n_boot": n_boot, "setting": _setting(shots)}
 
-    loaded = load_model(model, checkpoint=checkpoint, seed=0)
+    if family == "cnn":
+        loaded = load_wide_resnet50(cnn_checkpoint, seed=0)
+        params["model"] = loaded.name
+    else:
+        loaded = load_model(model, checkpoint=checkpoint, seed=0)
     parts = []
     for cls in sorted(by_class):
         test = subset_evenly(by_class[cls]["test"], max_images)
-        out_cls = METHODS[method](loaded, cls, test, references[cls], {**params, "prompts": prompts}, progress)
+        out_cls = run_class(loaded, cls, test, references[cls], {**params, "prompts": prompts}, progress)
         maps = out_cls.maps
         if maps.shape[-1] != eval_size:
             maps = resize_maps(torch.from_numpy(maps.astype(np.float32)), eval_size).numpy()

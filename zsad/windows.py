@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ipywidgets
 
 from zsad.gem import _check_config, _embed, _head, _plain_block, _qkv, _visual_of
 

@@ -1,0 +1,269 @@
+"""The CNN backbone of the PatchCore baseline: torchvision WideResNet-50-2, from a local file or seeded random init.
+
+Mirrors :mod:`zsad.backbone` (the CLIP loader): zsad never downloads weights. ``load_wide_resnet50(checkpoint)``
+loads torchvision's ImageNet state dict (``wide_resnet50_2-95faca4d.pth``, the ``IMAGENET1K_V1`` weights the
+PatchCore paper and its code use; the ``-9ba9bcbe`` V2 file loads too) with ``torch.load(weights_only=True)``;
+``checkpoint=None`` gives seeded random weights, and everything made with them says so
+(:attr:`LoadedCNN.weights_label`). ``$ZSAD_CNN_CHECKPOINT`` names the file for callers that want an environment
+default (:func:`default_cnn_checkpoint`); the loader itself never reads the environment.
+
+Preprocessing (:func:`imagenet_preprocess`): ``Resize((s, s), bicubic)`` -> ``ToTensor`` -> ``Normalize`` with the
+ImageNet mean/std. The PatchCore code resizes to 256 and centre-crops 224; in this study every method sees the same
+square-resized image (the transform of :func:`zsad.data.preprocess`, which FADE uses), so the only difference from
+the CLIP input is the normalisation constants. Nothing is cropped away, so the maps cover the whole image and align
+with the masks.
+
+Locally aware patch features (:func:`extract_patch_features`, Roth et al. 2022, sec. 3.1), for the default
+``layers=("layer2", "layer3")`` and ``dim=1024``:
+
+1. each layer's feature map is average-pooled over 3x3 neighbourhoods (stride 1, zero padding 1, the zeros counted
+   at the border, like the paper code's zero-padded unfold followed by a mean): patch size p = 3;
+2. every map after the first is upsampled bilinearly (``align_corners=False``) to the first layer's grid (28x28 at
+   224 px: stride 8);
+3. each layer's per-position vector is reduced to ``dim / len(layers)`` channels by adaptive average pooling over
+   the channel axis (layer2: 512 -> 512, unchanged; layer3: 1024 -> 512, means of adjacent channel pairs), and the
+   layers are concatenated: ``(N, h*w, dim)``.
+
+The paper's code reaches (almost) the same vector by another road: it unfolds 3x3xC patches, adaptive-average-pools
+each layer's flattened ``C*9`` vector to 1024 and then the stacked ``2 x 1024`` vector to 1024 (= means of adjacent
+pairs): the first 512 outputs come from layer2, the last 512 from layer3, each close to a channel (pair) mean over the
+3x3 neighbourhood. Pooling space first and then channels, as here, gives exactly those means without the
+overlapping-window smear of pooling the interleaved ``C*9`` vector.
+
+Feature extraction runs the network up to ``layer3`` only (``layer4`` and ``fc`` are never evaluated); the network
+is in eval mode (batch norm uses its running statistics).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torchvision import transforms
+from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ipywidgets
+
+from zsad.backbone import RANDOM, CheckpointError, _read_state_dict, file_sha256
+from zsad.data import ImageRecord, load_image, to_rgb
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CNN_NAME",
+    "CNN_CHECKPOINT_ENV",
+    "LAYERS",
+    "LoadedCNN",
+    "load_wide_resnet50",
+    "default_cnn_checkpoint",
+    "imagenet_transform",
+    "imagenet_preprocess",
+    "cnn_feature_maps",
+    "extract_patch_features",
+]
+
+#: torchvision's ImageNet normalisation (what WideResNet-50-2 was trained with, and what PatchCore uses).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CNN_NAME = "wide_resnet50_2"
+CNN_CHECKPOINT_ENV = "ZSAD_CNN_CHECKPOINT"
+#: Blocks whose output can be tapped, in forward order.
+LAYERS = ("layer1", "layer2", "layer3", "layer4")
+# torchvision's file names carry the first hex digits of the file's sha256 (torch.hub checks them the same way)
+_HASH_IN_NAME = re.compile(r"^wide_resnet50_2-([0-9a-f]{8,64})\.pth?$")
+
+
+@dataclass
+class LoadedCNN:
+    """A torchvision WideResNet-50-2 in eval mode with what provenance needs to know about its weights."""
+
+    model: torch.nn.Module
+    name: str  # architecture name (torchvision's)
+    checkpoint: str | None  # absolute path of the weights file, None for random init
+    sha256: str  # checkpoint sha256, or "random"
+    seed: int  # seed of the random init
+
+    @property
+    def is_random(self) -> bool:
+        return self.checkpoint is None
+
+    @property
+    def weights_label(self) -> str:
+        """One line for tables and figures: what weights produced these numbers."""
+        if self.is_random:
+            return f"RANDOM WEIGHTS ({self.name}, seed {self.seed}): numbers test the pipeline, not ImageNet features"
+        return f"{self.name} from {Path(self.checkpoint).name} (sha256 {self.sha256[:12]})"
+
+    def provenance(self) -> dict:
+        return {"model": self.name, "checkpoint": self.checkpoint, "checkpoint_sha256": self.sha256,
+                "random_weights": self.is_random, "init_seed": self.seed}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def default_cnn_checkpoint() -> str | None:
+    """The file named by ``$ZSAD_CNN_CHECKPOINT``, or None (random weights)."""
+    value = os.environ.get(CNN_CHECKPOINT_ENV, "").strip()
+    return value or None
+
+
+def load_wide_resnet50(checkpoint: str | PathLike | None = None, seed: int = 0,
+                       device: str | torch.device = "cpu") -> LoadedCNN:
+    """Return torchvision's ``wide_resnet50_2`` in eval mode, from a local state dict or seeded random init.
+
+    Parameters
+    ----------
+    checkpoint : path of torchvision's ImageNet state dict (``wide_resnet50_2-*.pth``), read with
+        ``torch.load(weights_only=True)`` and loaded strictly. None: random weights (torchvision's own init,
+        seeded; the caller's global RNG state is left untouched).
+    seed : seed of the random initialisation.
+
+    Raises ``CheckpointError`` naming the file when it is missing, unreadable, not a state dict, made for another
+    architecture, or when its sha256 does not start with the hash that its torchvision file name carries.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    sha = RANDOM
+    ckpt_path = state = None
+    if checkpoint is not None:
+        ckpt_path = Path(checkpoint).expanduser().resolve()
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"{ckpt_path}: checkpoint file not found (a torchvision wide_resnet50_2-*.pth "
+                                  f"state dict; ${CNN_CHECKPOINT_ENV} may name it)")
+        sha = file_sha256(ckpt_path)
+        named = _HASH_IN_NAME.search(ckpt_path.name)
+        if named and not sha.startswith(named.group(1)):
+            raise CheckpointError(f"{ckpt_path}: sha256 {sha[:12]}... does not start with {named.group(1)}, the hash "
+                                  "in its file name (a corrupt or altered download?)")
+        state = _read_state_dict(ckpt_path)
+    if state is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = torchvision.models.wide_resnet50_2(weights=None)
+    else:
+        # no random init to overwrite: build on the meta device and take the file's tensors (strict: all of them)
+        with torch.device("meta"):
+            model = torchvision.models.wide_resnet50_2(weights=None)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        try:
+            model.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            first = " ".join(str(exc).splitlines()[:4])
+            raise CheckpointError(f"{ckpt_path}: does not fit architecture {CNN_NAME}: {first[:600]}") from exc
+    model.eval().to(device)
+    return LoadedCNN(model, CNN_NAME, str(ckpt_path) if ckpt_path else None, sha, seed)
+
+
+@functools.lru_cache(maxsize=16)
+def imagenet_transform(size: int) -> transforms.Compose:
+    """``Resize((s, s), bicubic)`` -> ``ToTensor`` -> ``Normalize(ImageNet mean/std)`` (see the module docstring)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32:
+        raise ValueError(f"size must be an int >= 32, got {size!r}")
+    return transforms.Compose([
+        transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    ])
+
+
+def imagenet_preprocess(image: Image.Image | str | PathLike | ImageRecord, size: int = 224) -> torch.Tensor:
+    """A ``(3, size, size)`` float32 CNN input from a PIL image, a path or an ``ImageRecord``."""
+    if isinstance(image, ImageRecord):
+        image = image.path
+    if isinstance(image, (str, PathLike)):
+        image = load_image(image)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"imagenet_preprocess expects a PIL image, a path or an ImageRecord, "
+                        f"got {type(image).__name__}")
+    elif image.mode != "RGB":
+        image = to_rgb(image)
+    return imagenet_transform(size)(image)
+
+
+def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
+    layers = tuple(layers)
+    if not layers or any(name not in LAYERS for name in layers) or len(set(layers)) != len(layers):
+        raise ValueError(f"layers must be distinct names from {LAYERS}, got {layers!r}")
+    return layers
+
+
+def cnn_feature_maps(cnn: LoadedCNN | torch.nn.Module, pixels: torch.Tensor,
+                     layers: Sequence[str] = ("layer2", "layer3")) -> dict[str, torch.Tensor]:
+    """Raw feature maps ``{layer: (N, C, h, w)}`` of a batch; the forward stops at the deepest requested layer."""
+    layers = _check_layers(layers)
+    model = cnn.model if isinstance(cnn, LoadedCNN) else cnn
+    x = model.maxpool(model.relu(model.bn1(model.conv1(pixels))))
+    out = {}
+    last = max(LAYERS.index(name) for name in layers)
+    for name in LAYERS[: last + 1]:
+        x = getattr(model, name)(x)
+        if name in layers:
+            out[name] = x
+    return out
+
+
+def _local_patch_features(maps: dict[str, torch.Tensor], layers: tuple[str, ...], dim: int) -> torch.Tensor:
+    """Steps 1-3 of the module docstring: ``(N, h*w, dim)`` on the first layer's grid."""
+    per_layer = dim // len(layers)
+    h, w = maps[layers[0]].shape[-2:]
+    parts = []
+    for name in layers:
+        f = F.avg_pool2d(maps[name].float(), kernel_size=3, stride=1, padding=1, count_include_pad=True)
+        if f.shape[-2:] != (h, w):
+            f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
+        n, c = f.shape[:2]
+        f = f.permute(0, 2, 3, 1).reshape(n * h * w, 1, c)
+        if c != per_layer:
+            f = F.adaptive_avg_pool1d(f, per_layer)
+        parts.append(f.reshape(n, h * w, per_layer))
+    return torch.cat(parts, dim=-1)
+
+
+@torch.inference_mode()
+def extract_patch_features(
+    cnn: LoadedCNN,
+    records_or_pixels: Sequence[ImageRecord | str | PathLike | Image.Image] | torch.Tensor,
+    *,
+    size: int = 224,
+    layers: Sequence[str] = ("layer2", "layer3"),
+    dim: int = 1024,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "cnn features",
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """PatchCore's locally aware patch features of a list of images (module docstring).
+
+    ``records_or_pixels`` is a sequence of ``ImageRecord`` / paths / PIL images (read and preprocessed with
+    :func:`imagenet_preprocess` at ``size``, one batch at a time), or an ``(N, 3, H, W)`` tensor that is already
+    normalised (``size`` is then ignored). Returns ``(features, (h, w))``: float32 ``(N, h*w, dim)`` on the CPU and
+    the patch grid (the first layer's; 28x28 for layer2 at 224 px), positions in row-major order.
+    """
+    layers = _check_layers(layers)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < len(layers) or dim % len(layers):
+        raise ValueError(f"dim must be a positive multiple of the number of layers ({len(layers)}), got {dim!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    is_tensor = isinstance(records_or_pixels, torch.Tensor)
+    if is_tensor and (records_or_pixels.ndim != 4 or records_or_pixels.shape[1] != 3):
+        raise ValueError(f"pixels must be (N, 3, H, W), got {tuple(records_or_pixels.shape)}")
+    items = records_or_pixels if is_tensor else list(records_or_pixels)
+    if len(items) == 0:
+        raise ValueError("no images to extract features from")
+    device = cnn.device
+    parts, grid = [], None
+    starts = range(0, len(items), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        chunk = items[start:start + batch_size]
+        pixels = chunk if is_tensor else torch.stack([imagenet_preprocess(item, size) for item in chunk])
+        maps = cnn_feature_maps(cnn, pixels.to(device), layers)
+        grid = tuple(int(v) for v in maps[layers[0]].shape[-2:])
+        parts.append(_local_patch_features(maps, layers, dim).cpu())
+    return torch.cat(parts), grid
