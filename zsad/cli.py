@@ -52,7 +52,8 @@ def _cmd_predict(args) -> int:
     res = predict(args.method, args.dataset, args.root, args.classes, model=args.model,
                   checkpoint=args.checkpoint or default_checkpoint(),
                   cnn_checkpoint=args.cnn_checkpoint or default_cnn_checkpoint(), shots=args.shots, seed=args.seed,
-                  mode=args.mode, sizes=args.sizes, prompts=args.prompts or (), max_images=args.max_images,
+                  mode=args.mode, sizes=args.sizes, prompts=args.prompts or (), class_prompts=args.class_prompts,
+                  detector=args.detector, max_images=args.max_images,
                   n_boot=args.n_boot, out=args.out, overwrite=args.overwrite)
     wide = res["metrics"].pivot_table(index="class", columns="metric", values="value", sort=False)
     print(wide.to_string(float_format=lambda v: f"{v:.4f}"))
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("predict", help="run one method on a dataset and write a run folder")
-    p.add_argument("--method", default="fade", help="fade, winclip, patchcore (zsad.study.METHODS lists them)")
+    p.add_argument("--method", default="fade", help="fade, winclip, patchcore, cheung, cheung_no_prompt_generation, cheung_no_object_detection")
     p.add_argument("--dataset", default="synthetic", choices=["synthetic", "mvtec", "visa", "magnetic_tile", "folder"])
     p.add_argument("--root", type=Path, help="dataset root (default: the embedded or configured one)")
     p.add_argument("--classes", help="comma-separated classes (default: all)")
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="both", choices=["language", "vision", "both"])
     p.add_argument("--sizes", default="240,448,896", help="segmentation scales, multiples of 16")
     p.add_argument("--prompts", help="comma-separated prompt files added to the segmentation ensemble")
+    p.add_argument("--class-prompts", help="LLM class-prompt file (cheung; default: the WinCLIP ensemble)")
+    p.add_argument("--detector", help="Grounding DINO folder in Hugging Face format (cheung; default: small RANDOM)")
     p.add_argument("--max-images", type=int, help="test images per class (evenly spaced subset)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for intervals (0: none)")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")

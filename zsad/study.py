@@ -12,6 +12,7 @@ from zsad.evaluate import metrics_table
 from zsad.features import extract_tokens
 from zsad.methods.base import resize_maps
 from zsad.cnn import extract_patch_features, load_wide_resnet50
+from zsad.methods.cheung_run import CHEUNG_METHODS
 from zsad.methods.fade import FadeConfig, fade
 from zsad.methods.patchcore import PatchCoreConfig, patchcore
 from zsad.methods.winclip import WinClipConfig, winclip
@@ -117,6 +118,8 @@ def _patchcore_class(loaded, cls, test, refs, params, progress):
 
 # name -> (per-class runner, backbone family). CLIP methods share load_model; PatchCore uses a WideResNet-50.
 METHODS = {"fade": (_fade_class, "clip"), "winclip": (_winclip_class, "clip"), "patchcore": (_patchcore_class, "cnn")}
+# Cheung et al.: the full method and its two ablation rows share one detection cache.
+METHODS.update({name: (run, "clip") for name, run in CHEUNG_METHODS.items()})
 
 
 def _setting(shots: int) -> str:
@@ -125,7 +128,7 @@ def _setting(shots: int) -> str:
 
 def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes=None, *,
             model: str = DEFAULT_MODEL, checkpoint=None, cnn_checkpoint=None, shots: int = 0, seed: int = 0, mode: str = "both",
-            sizes=(240, 448, 896), prompts=(), max_images: int | None = None, eval_size: int = 448,
+            sizes=(240, 448, 896), prompts=(), class_prompts=None, detector=None, max_images: int | None = None, eval_size: int = 448,
             n_boot: int = 200, out=None, overwrite: bool = False, progress: bool = True) -> dict:
     """Run one method on one dataset (every class, or ``classes``) and write a run folder when ``out`` is given.
 
@@ -157,7 +160,9 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
     params = {"method": method, "dataset": dataset, "root": config.display_path(data_root),
               "classes": sorted(by_class), "model": model, "shots": shots, "seed": seed, "mode": mode,
               "sizes": list(sizes), "prompts": [config.display_path(p) for p in prompts],
-              "max_images": max_images, "eval_size": eval_size, "n_boot": n_boot, "setting": _setting(shots)}
+              "max_images": max_images, "eval_size": eval_size,
+              "class_prompts": config.display_path(class_prompts) if class_prompts else None,
+              "detector": config.display_path(detector) if detector else None, "n_boot": n_boot, "setting": _setting(shots)}
 
     if family == "cnn":
         loaded = load_wide_resnet50(cnn_checkpoint, seed=0)
@@ -167,13 +172,18 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
     parts = []
     for cls in sorted(by_class):
         test = subset_evenly(by_class[cls]["test"], max_images)
-        out_cls = run_class(loaded, cls, test, references[cls], {**params, "prompts": prompts}, progress)
-        maps = out_cls.maps
-        if maps.shape[-1] != eval_size:
-            maps = resize_maps(torch.from_numpy(maps.astype(np.float32)), eval_size).numpy()
+        run_params = {**params, "prompts": prompts, "class_prompts": class_prompts, "detector": detector}
+        out_cls = run_class(loaded, cls, test, references[cls], run_params, progress)
+        if out_cls.info.get("image_only"):  # image-level method: no maps, so no pixel metrics
+            maps = out_cls.maps.reshape(len(test), 1, 1).astype(np.float32)
+            masks = np.zeros_like(maps, dtype=bool)
+        else:
+            maps = out_cls.maps
+            if maps.shape[-1] != eval_size:
+                maps = resize_maps(torch.from_numpy(maps.astype(np.float32)), eval_size).numpy()
+            masks = _ground_truth(test, eval_size)
         pred = {"paths": [r.relpath for r in test], "classes": [cls] * len(test),
-                "labels": [r.label for r in test], "scores": out_cls.scores,
-                "masks": _ground_truth(test, eval_size), "maps": maps}
+                "labels": [r.label for r in test], "scores": out_cls.scores, "masks": masks, "maps": maps}
         parts.append(pred)
     predictions = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
     table = metrics_table(predictions, dataset=dataset, method=method, setting=params["setting"], shots=shots,

@@ -1,0 +1,222 @@
+"""Cheung et al. 2024 on one class: images -> Grounding DINO boxes -> CLIP embeddings -> eq. 4 (the study adapter).
+
+The math lives in :mod:`zsad.methods.cheung` (pure functions); this module does what needs files and models:
+
+1. whole-image CLIP embeddings: the CLS token of the ordinary CLIP stream at 240 px from
+   :func:`zsad.features.extract_tokens` (the one place that encodes dataset images; equal to ``encode_image``);
+2. Grounding DINO on each test image, queried with the class name (``"metal nut."``), through the in-memory
+   detection cache of :mod:`zsad.detector` (so ablation rows and reruns never repeat a detection);
+3. the crops (:func:`zsad.methods.cheung.object_crops`), each preprocessed at 240 px and encoded with
+   ``model.encode_image``; a crop equal to the whole image (the no-detection fallback) reuses the image embedding;
+4. text embeddings: the renormalised mean of each prompt ensemble, prompts encoded as written (no FADE
+   ``"a photo of a {}."`` wrapper). LLM prompts come from ``params["class_prompts"]`` (a class prompt file, read
+   with ``zsad.prompts.read_class_prompts(path, cls)``); without it, WinCLIP's compositional ensemble, which is
+   the paper's "w/o prompt generation" row. If ``read_class_prompts`` does not exist yet, the WinCLIP ensemble is
+   used and ``info["prompt_note"]`` says so.
+
+Parameters read from ``params`` (all optional; the study's other keys are ignored):
+
+- ``class_prompts``: path of an LLM class prompt file; None or "" -> the WinCLIP ensemble;
+- ``detector``: a Grounding DINO folder, a :class:`zsad.detector.LoadedDetector`, or None / ``"random"`` (the tiny
+  random config, the default CPU run) / ``"random-default"`` (the full-size random config); loaded once per process;
+- ``detector_seed``: seed of a random detector (0);
+- ``use_detection``, ``fusion_weight``, ``box_threshold``, ``text_threshold``, ``max_boxes``, ``min_box_size``,
+  ``fallback``, ``score``, ``guard``, ``eps``, ``tau``, ``image_size``: fields of
+  :class:`zsad.methods.cheung.CheungConfig` (None -> its default).
+
+The method is zero-shot: reference images (``refs``) are not used (their count is recorded). Every output is
+image-level only: ``info["image_only"] = True``, maps are (N, 1, 1).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, fields, replace
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ipywidgets
+
+from zsad.data import ImageRecord, class_prompt_name, load_image, preprocess
+from zsad.detector import LoadedDetector, caption, detect, load_detector
+from zsad.features import extract_tokens
+from zsad.methods.base import MethodOutput
+from zsad.methods.cheung import CheungConfig, cheung_scores, image_only_output, object_crops
+from zsad.prompts import winclip_prompts
+from zsad.text import encode_prompts, prototypes
+
+__all__ = ["cheung_class", "cheung_ablation", "config_from_params", "get_detector", "class_prompts_for",
+           "CHEUNG_METHODS", "ABLATION_ROWS"]
+
+#: The rows of the paper's Tables IV/V: key -> (paper label, parameter overrides).
+ABLATION_ROWS = {
+    "full": ("Ours", {}),
+    "no_prompt_generation": ("Ours w/o prompt generation", {"class_prompts": None}),
+    "no_object_detection": ("Ours w/o object detection", {"use_detection": False}),
+}
+_CONFIG_FIELDS = {f.name for f in fields(CheungConfig)}
+_DETECTORS: dict[tuple, LoadedDetector] = {}
+_CROP_BATCH = 16  # crops encoded per CLIP batch
+
+
+def config_from_params(params: dict) -> CheungConfig:
+    """A :class:`CheungConfig` from the keys of ``params`` that name its fields (others are ignored)."""
+    given = {k: v for k, v in params.items() if k in _CONFIG_FIELDS and v is not None}
+    return CheungConfig(**given)
+
+
+def get_detector(spec=None, seed: int = 0, device="cpu") -> LoadedDetector:
+    """The detector named by ``params["detector"]``; loaded once per process and kept (per folder, seed, device)."""
+    if isinstance(spec, LoadedDetector):
+        return spec
+    if spec in (None, "", "random", "random-small"):
+        key = ("random", True, int(seed), str(device))
+    elif spec == "random-default":
+        key = ("random", False, int(seed), str(device))
+    else:
+        key = (str(Path(spec).expanduser().resolve()), False, int(seed), str(device))
+    if key not in _DETECTORS:
+        folder = None if key[0] == "random" else key[0]
+        _DETECTORS[key] = load_detector(folder, seed=key[2], small=key[1], device=device)
+    return _DETECTORS[key]
+
+
+def class_prompts_for(cls: str, class_prompts=None) -> tuple[dict[str, list[str]], str, str | None]:
+    """``(prompts, source, note)``: the LLM prompts of ``cls`` from a class prompt file, else WinCLIP's ensemble."""
+    if not class_prompts:
+        return winclip_prompts(class_prompt_name(cls)), "winclip", None
+    try:
+        from zsad.prompts import read_class_prompts
+    except ImportError:
+        note = (f"zsad.prompts.read_class_prompts is not available: used the WinCLIP ensemble instead of "
+                f"{class_prompts}")
+        return winclip_prompts(class_prompt_name(cls)), "winclip", note
+    prompts = read_class_prompts(class_prompts, cls)
+    if not isinstance(prompts, dict) or not all(prompts.get(side) for side in ("normal", "abnormal")):
+        raise ValueError(f"{class_prompts}: no normal and abnormal prompts for class {cls!r}")
+    return {side: list(prompts[side]) for side in ("normal", "abnormal")}, f"llm:{class_prompts}", None
+
+
+def _text_embeddings(loaded, prompts: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    normal = encode_prompts(loaded.model, loaded.tokenizer, prompts["normal"], wrapper=None)
+    abnormal = encode_prompts(loaded.model, loaded.tokenizer, prompts["abnormal"], wrapper=None)
+    proto = prototypes(normal, abnormal, renormalise=True)
+    return proto[0], proto[1]
+
+
+@torch.inference_mode()
+def _encode_pil(model, images: Sequence, size: int, batch_size: int = 16) -> torch.Tensor:
+    """L2-normalised ``encode_image`` of PIL images at ``size`` px, (N, D) float32."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        pixels = torch.stack([preprocess(im, size) for im in images[i:i + batch_size]]).to(device)
+        out.append(F.normalize(model.encode_image(pixels).float(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+def _class_features(loaded, cls: str, test: Sequence[ImageRecord], cfg: CheungConfig, detector_spec, seed: int,
+                    progress: bool) -> dict:
+    """Everything prompt-independent: whole-image and crop embeddings, detections and crops of each image."""
+    tokens = extract_tokens(loaded.model, test, (cfg.image_size,), progress=progress, desc=f"{cls} images")
+    e_image = tokens.clip[cfg.image_size][:, 0].double()  # CLS of the ordinary stream, L2-normalised
+    feats = {"e_image": e_image, "e_object": None, "detector": None}
+    if not cfg.use_detection:
+        return feats
+    detector = get_detector(detector_spec, seed, next(loaded.model.parameters()).device)  # beside CLIP
+    query = caption(class_prompt_name(cls))
+    crops, fell_back, n_dets, top = [], [], [], []
+    pending, owner = [], []  # crops to encode, and the image each belongs to
+    sums = torch.zeros_like(e_image)
+    counts = torch.zeros(len(test), dtype=torch.float64)
+    for i, rec in enumerate(tqdm(test, desc=f"{cls} detection", disable=not progress, leave=False)):
+        image = load_image(rec.path)
+        dets = detect(detector, image, query, cfg.box_threshold, cfg.text_threshold)
+        boxes, fb = object_crops(image.size, dets.boxes, cfg)
+        crops.append([list(b) for b in boxes])
+        fell_back.append(fb)
+        n_dets.append(len(dets))
+        top.append(float(dets.scores[0]) if len(dets) else None)
+        for box in boxes:
+            if tuple(box) == (0, 0, *image.size):  # the crop is the image, so is its embedding
+                sums[i] += e_image[i]
+                counts[i] += 1
+            else:
+                pending.append(image.crop(box))
+                owner.append(i)
+        if len(pending) >= _CROP_BATCH or (pending and i == len(test) - 1):  # bounded memory on large images
+            emb = _encode_pil(loaded.model, pending, cfg.image_size, _CROP_BATCH).double()
+            sums.index_add_(0, torch.tensor(owner), emb)
+            counts += torch.bincount(torch.tensor(owner), minlength=len(test)).double()
+            pending, owner = [], []
+    feats.update(e_object=sums / counts[:, None], detector=detector, query=query, crops=crops,
+                 fallback=fell_back, n_detections=n_dets, top_score=top)
+    return feats
+
+
+def _output(feats: dict, prompts: dict, source: str, note, cfg: CheungConfig, t: tuple, row: str,
+            refs: Sequence) -> MethodOutput:
+    scores, guarded = cheung_scores(feats["e_image"], feats["e_object"], t[0], t[1], cfg, return_guarded=True)
+    info = {"method": "cheung", "row": row, "prompts": source, "n_prompts": {k: len(v) for k, v in prompts.items()},
+            "config": asdict(cfg), "guarded": guarded.tolist(), "n_guarded": int(guarded.sum()),
+            "references_ignored": len(refs)}
+    if note:
+        info["prompt_note"] = note
+    if cfg.use_detection:
+        det = feats["detector"]
+        info.update(detector=det.provenance(), detector_weights=det.weights_label, query=feats["query"],
+                    crops=feats["crops"], fallback=feats["fallback"], n_fallback=int(sum(feats["fallback"])),
+                    n_detections=feats["n_detections"], top_score=feats["top_score"])
+    return image_only_output(scores, info)
+
+
+def cheung_class(loaded, cls: str, test_records: Sequence[ImageRecord], refs: Sequence[ImageRecord], params: dict,
+                 progress: bool = True) -> MethodOutput:
+    """Cheung et al. on one class (the study adapter, same signature as ``zsad.study._fade_class``)."""
+    cfg = config_from_params(params)
+    feats = _class_features(loaded, cls, test_records, cfg, params.get("detector"),
+                            int(params.get("detector_seed") or 0), progress)
+    prompts, source, note = class_prompts_for(cls, params.get("class_prompts"))
+    row = ("Ours" if source != "winclip" else "Ours w/o prompt generation") if cfg.use_detection else \
+        "Ours w/o object detection"
+    return _output(feats, prompts, source, note, cfg, _text_embeddings(loaded, prompts), row, refs)
+
+
+def cheung_ablation(loaded, cls: str, test_records: Sequence[ImageRecord], refs: Sequence[ImageRecord],
+                    params: dict, progress: bool = True) -> dict[str, MethodOutput]:
+    """The three rows of the paper's ablation (keys of :data:`ABLATION_ROWS`) from one detector and one CLIP pass.
+
+    ``params`` describe the full method (``class_prompts`` should name the LLM prompt file; without it the full row
+    equals the "w/o prompt generation" row, and ``info["prompt_note"]`` says so).
+    """
+    cfg = replace(config_from_params(params), use_detection=True)
+    feats = _class_features(loaded, cls, test_records, cfg, params.get("detector"),
+                            int(params.get("detector_seed") or 0), progress)
+    llm, llm_source, llm_note = class_prompts_for(cls, params.get("class_prompts"))
+    if llm_source == "winclip" and not llm_note:
+        llm_note = "no class_prompts given: the full row uses the WinCLIP ensemble (= w/o prompt generation)"
+    fixed, fixed_source, _ = class_prompts_for(cls, None)
+    t_llm = _text_embeddings(loaded, llm)
+    t_fixed = t_llm if llm_source == fixed_source else _text_embeddings(loaded, fixed)
+    no_det = replace(cfg, use_detection=False)
+    return {
+        "full": _output(feats, llm, llm_source, llm_note, cfg, t_llm, ABLATION_ROWS["full"][0], refs),
+        "no_prompt_generation": _output(feats, fixed, fixed_source, None, cfg, t_fixed,
+                                        ABLATION_ROWS["no_prompt_generation"][0], refs),
+        "no_object_detection": _output(feats, llm, llm_source, llm_note, no_det, t_llm,
+                                       ABLATION_ROWS["no_object_detection"][0], refs),
+    }
+
+
+def _variant(overrides: dict, loaded, cls, test_records, refs, params, progress=True) -> MethodOutput:
+    return cheung_class(loaded, cls, test_records, refs, {**params, **overrides}, progress)
+
+
+#: Adapters for the study's ``METHODS`` registry: the full method and its two ablation rows as separate methods.
+#: Run one after another in a process, they share the detection cache (the detector runs once per image).
+CHEUNG_METHODS = {
+    "cheung": cheung_class,
+    "cheung_no_prompt_generation": partial(_variant, ABLATION_ROWS["no_prompt_generation"][1]),
+    "cheung_no_object_detection": partial(_variant, ABLATION_ROWS["no_object_detection"][1]),
+}
