@@ -77,7 +77,7 @@ def resize_pos_embed(posemb: torch.Tensor, grid: int | tuple[int, int]) -> torch
     batched = posemb.dim() == 3
     if batched:
         if posemb.shape[0] != 1:
-            raise ValueError(f"positional embedding with a batch axis must have size 1 there, got {tuple(posemb.shape)}")
+            raise ValueError(f"a batched positional embedding must have batch size 1, got {tuple(posemb.shape)}")
         pe = posemb[0]
     elif posemb.dim() == 2:
         pe = posemb
@@ -100,6 +100,10 @@ def resize_pos_embed(posemb: torch.Tensor, grid: int | tuple[int, int]) -> torch
     return out.unsqueeze(0) if batched else out
 
 
+# The private helpers below (_visual_of, _check_config, _embed, _qkv, _plain_block, _head) are also used by
+# zsad.windows (WinCLIP window embeddings): keep their signatures.
+
+
 def _visual_of(model: nn.Module) -> nn.Module:
     visual = getattr(model, "visual", model)
     needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post")
@@ -116,7 +120,8 @@ def _check_config(visual: nn.Module, gem_depth: int, ss_attn_iter: int, ss_attn_
     pool_type = getattr(visual, "pool_type", "tok")
     if pool_type != "tok":
         raise ValueError(f"GEM: only CLS-token pooling ('tok') is supported, this tower uses {pool_type!r}")
-    if visual.training and not isinstance(visual.patch_dropout, nn.Identity):
+    patch_dropout = getattr(visual, "patch_dropout", None)
+    if visual.training and patch_dropout is not None and not isinstance(patch_dropout, nn.Identity):
         raise ValueError("GEM: patch dropout is active (model in training mode); call model.eval() first")
     blocks = visual.transformer.resblocks
     for i, blk in enumerate(blocks):
@@ -167,7 +172,9 @@ def _embed(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     if pos.shape[-2] != 1 + h * w:  # same rule as GEM: resize only when the token count differs
         pos = resize_pos_embed(pos, (h, w))
     x = x + pos.to(x.dtype)
-    x = visual.patch_dropout(x)
+    patch_dropout = getattr(visual, "patch_dropout", None)
+    if patch_dropout is not None:
+        x = patch_dropout(x)  # identity in eval mode (checked in _check_config)
     return visual.ln_pre(x)
 
 
