@@ -46,6 +46,10 @@ def test_k_shot_vision_finds_planted_defects_and_records_references(synth_root):
     (dict(classes="carpet"), "carpet"),
     (dict(shots=99), "99 shots requested but only 8"),
     (dict(sizes=(240, 100)), "multiples of the patch size 16"),
+    (dict(options={"language_strem": "clip"}), "bad FADE option"),
+    (dict(options={"language_stream": "cls"}), "token stream"),
+    (dict(winclip_in_segmentation=False), "segmentation ensemble is empty"),
+    (dict(method="patchcore", shots=0), "k-shot baseline"),
 ])
 def test_bad_input_fails_before_any_model_runs(synth_root, kw, msg, monkeypatch):
     import zsad.study

@@ -24,6 +24,10 @@ _PUBLIC = {
     "provenance": "zsad.results", "provenance_markdown": "zsad.results",
     # orchestration and figures
     "dataset_overview": "zsad.study", "load_named": "zsad.study", "load_many": "zsad.study", "example_grid": "zsad.figures",
+    # tables of the study
+    "run_grid": "zsad.tables", "run_settings": "zsad.tables", "summarise": "zsad.tables",
+    "format_table": "zsad.tables", "paper_table": "zsad.tables", "weights_note": "zsad.tables",
+    "shots_plot": "zsad.figures", "paper_reported": "zsad.paper",
     # where things are
     "paths": "zsad.config",
 }

@@ -43,3 +43,29 @@ def example_grid(records, *, per_group: int = 1, size: int = 160, title: str | N
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def shots_plot(summary, metrics=("auroc", "pauroc"), title: str | None = None):
+    """One panel per (dataset, metric): metric against the number of shots, one line per method, error bars =
+    std over few-shot seeds. ``summary`` is :func:`zsad.tables.summarise` output."""
+    import seaborn as sns
+
+    data = summary[summary.metric.isin(metrics)]
+    datasets = sorted(data.dataset.unique())
+    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(4.2 * len(metrics), 3.2 * len(datasets)),
+                             squeeze=False, sharey=True)
+    palette = dict(zip(sorted(data.method.unique()), sns.color_palette("colorblind")))
+    for i, dataset in enumerate(datasets):
+        for j, metric in enumerate(metrics):
+            ax = axes[i, j]
+            for method, rows in data[(data.dataset == dataset) & (data.metric == metric)].groupby("method"):
+                rows = rows.sort_values("shots")
+                ax.errorbar(rows.shots, rows["mean"], yerr=rows["std"], marker="o", capsize=3, label=method,
+                            color=palette[method])
+            ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+            ax.set(title=f"{dataset}: {metric}", xlabel="shots", ylim=(0, 1.02), xticks=sorted(data.shots.unique()))
+    axes[0, -1].legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

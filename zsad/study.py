@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from zsad import config
-from zsad.backbone import DEFAULT_MODEL, load_model
+from zsad.backbone import DEFAULT_MODEL, default_checkpoint, load_model
 from zsad.data import class_prompt_name, load_dataset, load_mask, sample_references
 from zsad.evaluate import metrics_table
 from zsad.features import extract_tokens
@@ -74,14 +74,21 @@ def _ground_truth(records, size: int) -> np.ndarray:
     return np.stack([load_mask(r, size).numpy() for r in records]) if records else np.zeros((0, size, size), bool)
 
 
-def _prompt_sets(cls: str, prompt_files) -> tuple[dict, dict]:
-    """FADE's two ensembles: classification with the class name, segmentation with "object" (+ prompt files)."""
+def _prompt_sets(cls: str, prompt_files, winclip_in_segmentation: bool = True) -> tuple[dict, dict]:
+    """FADE's two ensembles: classification with the class name, segmentation with "object" + the prompt files
+    (the WinCLIP part can be left out, to compare ensembles)."""
     ac = winclip_prompts(class_prompt_name(cls))
-    seg = winclip_prompts("object")
+    seg = winclip_prompts("object") if winclip_in_segmentation else {"normal": [], "abnormal": []}
     for path in prompt_files:
         extra = read_prompt_file(path)
         seg = {side: seg[side] + extra[side] for side in seg}
     return ac, seg
+
+
+def _fade_config(params) -> FadeConfig:
+    base = dict(shots=params["shots"], ac_mode=params["mode"], as_mode=params["mode"], sizes=tuple(params["sizes"]),
+                eval_size=params["eval_size"])
+    return FadeConfig(**{**base, **params["options"]})
 
 
 def _fade_class(loaded, cls, test, refs, params, progress):
@@ -89,12 +96,11 @@ def _fade_class(loaded, cls, test, refs, params, progress):
     tokens = extract_tokens(loaded.model, test, sizes, progress=progress, desc=f"{cls} test")
     ref_tokens = extract_tokens(loaded.model, refs, params["sizes"], progress=progress,
                                 desc=f"{cls} refs") if refs else None
-    ac, seg = _prompt_sets(cls, params["prompts"])
+    ac, seg = _prompt_sets(cls, params["prompts"], params["winclip_in_segmentation"])
     enc = {name: prototypes(encode_prompts(loaded.model, loaded.tokenizer, p["normal"]),
                             encode_prompts(loaded.model, loaded.tokenizer, p["abnormal"]))
            for name, p in (("ac", ac), ("as", seg))}
-    cfg = FadeConfig(shots=params["shots"], ac_mode=params["mode"], as_mode=params["mode"],
-                     sizes=tuple(params["sizes"]), eval_size=params["eval_size"])
+    cfg = _fade_config(params)
     return fade(tokens, cfg, ac_prototypes=enc["ac"], as_prototypes=enc["as"], refs=ref_tokens)
 
 
@@ -105,7 +111,8 @@ def _winclip_class(loaded, cls, test, refs, params, progress):
     # WinCLIP averages the raw text embeddings (no FADE wrapper); winclip() normalises the prototypes.
     proto = prototypes(*(encode_prompts(loaded.model, loaded.tokenizer, p[side], wrapper=None, normalise=False)
                          for side in ("normal", "abnormal")))
-    return winclip(windows, proto, WinClipConfig(shots=params["shots"]), ref_windows=ref_windows)
+    return winclip(windows, proto, WinClipConfig(**{"shots": params["shots"], **params["options"]}),
+                   ref_windows=ref_windows)
 
 
 def _patchcore_class(loaded, cls, test, refs, params, progress):
@@ -128,13 +135,17 @@ def _setting(shots: int) -> str:
 
 def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes=None, *,
             model: str = DEFAULT_MODEL, checkpoint=None, cnn_checkpoint=None, shots: int = 0, seed: int = 0, mode: str = "both",
-            sizes=(240, 448, 896), prompts=(), class_prompts=None, detector=None, max_images: int | None = None, eval_size: int = 448,
+            sizes=(240, 448, 896), prompts=(), winclip_in_segmentation: bool = True, options=None, variant: str = "",
+            class_prompts=None, detector=None, max_images: int | None = None, eval_size: int = 448,
             n_boot: int = 200, out=None, overwrite: bool = False, progress: bool = True) -> dict:
     """Run one method on one dataset (every class, or ``classes``) and write a run folder when ``out`` is given.
 
     Returns ``{"metrics": DataFrame, "predictions": dict, "provenance": dict, "path": Path | None}``.
     Inputs are checked before any model runs: unknown method or class, shots larger than a class's train set,
-    sizes not multiples of 16, prompt files without both sides.
+    sizes not multiples of 16, prompt files without both sides, unknown FADE options.
+
+    ``options`` are method config fields (e.g. ``{"language_stream": "clip"}`` for FADE, ``{"temperature": 0.01}``
+    for WinCLIP); ``variant`` names such a run in the ``setting`` column (``"0-shot <variant>"``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
@@ -147,6 +158,8 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
     prompts = tuple(_names(prompts)) if isinstance(prompts, str) else tuple(prompts or ())
     for path in prompts:
         read_prompt_file(path)  # fail early on a bad file
+    if method == "fade" and not prompts and not winclip_in_segmentation:
+        raise ValueError("the segmentation ensemble is empty: give prompt files or keep the WinCLIP prompts")
     kind, data_root = config.resolve_dataset(dataset, root)
     records = load_dataset(kind, data_root, classes=_names(classes) if isinstance(classes, str) else classes)
     by_class: dict[str, dict] = {}
@@ -162,13 +175,20 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
               "sizes": list(sizes), "prompts": [config.display_path(p) for p in prompts],
               "max_images": max_images, "eval_size": eval_size,
               "class_prompts": config.display_path(class_prompts) if class_prompts else None,
-              "detector": config.display_path(detector) if detector else None, "n_boot": n_boot, "setting": _setting(shots)}
+              "detector": config.display_path(detector) if detector else None, "n_boot": n_boot,
+              "setting": _setting(shots) + (f" {variant}" if variant else ""), "options": dict(options or {}),
+              "winclip_in_segmentation": winclip_in_segmentation}
+    if method == "fade":
+        try:
+            _fade_config(params).resolved()
+        except TypeError as exc:
+            raise ValueError(f"bad FADE option: {exc}") from None
 
     if family == "cnn":
         loaded = load_wide_resnet50(cnn_checkpoint, seed=0)
         params["model"] = loaded.name
     else:
-        loaded = load_model(model, checkpoint=checkpoint, seed=0)
+        loaded = load_model(model, checkpoint=checkpoint or default_checkpoint(), seed=0)
     parts = []
     for cls in sorted(by_class):
         test = subset_evenly(by_class[cls]["test"], max_images)

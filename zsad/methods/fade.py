@@ -71,6 +71,9 @@ class FadeConfig:
             raise ValueError(f"ac_mode/as_mode must be one of {MODES}, got {self.ac_mode!r}/{self.as_mode!r}")
         if self.shots < 0:
             raise ValueError(f"shots must be >= 0, got {self.shots}")
+        for name in ("ac_stream", "language_stream", "vision_stream"):
+            if getattr(self, name) not in ("clip", "gem", None):
+                raise ValueError(f"{name} must be a token stream, 'clip' or 'gem', got {getattr(self, name)!r}")
         if not self.sizes or any(s % 16 for s in self.sizes):
             raise ValueError(f"segmentation sizes must be multiples of 16, got {self.sizes}")
         zero = self.shots == 0

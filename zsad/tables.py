@@ -1,0 +1,121 @@
+"""Tables of the study: run a grid of (method, shots, seed) settings, summarise over seeds, format for the book."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from zsad import config
+from zsad.study import _names, predict
+
+DEFAULT_SHOTS = {"fade": (0, 1, 2, 4), "winclip": (0, 1, 2, 4), "patchcore": (1, 2, 4)}
+
+
+def _ints(value) -> list[int]:
+    return [int(v) for v in (_names(value) if isinstance(value, str) else value)]
+
+
+def run_id(dataset: str, method: str, shots: int, seed: int, variant: str = "") -> str:
+    slug = "".join(c if c.isalnum() else "-" for c in variant.lower()).strip("-")
+    return f"{dataset}/{method}_{shots}shot{'_' + slug if slug else ''}_seed{seed}"
+
+
+def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", roots="", seeds="0,1",
+                 results_dir=None, **predict_kwargs) -> dict:
+    """Run every (dataset, setting, seed) of a table and write one run folder each.
+
+    ``settings`` is a list of dicts with ``method`` and ``shots`` and optionally any other :func:`zsad.study.predict`
+    argument (``variant``, ``options``, ``mode``, ``sizes``, ``prompts``, ...), which override ``predict_kwargs``.
+    Zero-shot settings run once (seed 0: nothing is sampled); k-shot settings run once per seed. Run folders go to
+    ``<results_dir or results/>/<study>/<dataset>/<method>_<k>shot[_<variant>]_seed<s>``, replaced on a re-run.
+
+    Returns ``{"metrics": tidy DataFrame of every run, "provenance": {run id: dict}, "paths": [Path, ...]}``.
+    """
+    names = _names(datasets)
+    root_of = dict(zip(names, _names(roots) + [""] * len(names)))
+    out_root = Path(results_dir or config.RESULTS_DIR) / study
+    frames, provs, paths = [], {}, []
+    for dataset in names:
+        for setting in settings:
+            setting = dict(setting)
+            method, k = setting.pop("method"), int(setting.pop("shots"))
+            for seed in (_ints(seeds) if k else [0]):
+                rid = run_id(dataset, method, k, seed, setting.get("variant", ""))
+                res = predict(method, dataset, root_of[dataset] or None, shots=k, seed=seed, out=out_root / rid,
+                              overwrite=True, **{**predict_kwargs, **setting})
+                frames.append(res["metrics"])
+                provs[rid] = res["provenance"]
+                paths.append(res["path"])
+    return {"metrics": pd.concat(frames, ignore_index=True), "provenance": provs, "paths": paths}
+
+
+def run_grid(study: str, *, methods="fade,winclip,patchcore", shots="0,1,2,4", **kwargs) -> dict:
+    """:func:`run_settings` over methods x shot counts; methods skip shot counts they do not have (PatchCore has no
+    zero-shot)."""
+    settings = [{"method": m, "shots": k} for m in _names(methods) for k in _ints(shots)
+                if k in DEFAULT_SHOTS.get(m, (k,))]
+    return run_settings(study, settings, **kwargs)
+
+
+def summarise(metrics: pd.DataFrame, *, level: str = "mean") -> pd.DataFrame:
+    """Mean and standard deviation over seeds of each (dataset, method, setting, metric) at one class level.
+
+    ``level="mean"`` takes the class-mean rows (what papers report); a class name takes that class's rows. The
+    std is over few-shot seeds (0 for a single run); ``ci_low``/``ci_high`` are the bootstrap interval of the
+    single run when there is only one seed.
+    """
+    rows = metrics[metrics["class"] == level]
+    keys = ["dataset", "method", "setting", "shots", "metric"]
+    g = rows.groupby(keys, sort=True)
+    out = g["value"].agg(mean="mean", std=lambda v: float(v.std(ddof=0)), n_seeds="size").reset_index()
+    single = g[["ci_low", "ci_high"]].first().reset_index()
+    out = out.merge(single, on=keys)
+    out.loc[out.n_seeds > 1, ["ci_low", "ci_high"]] = float("nan")
+    return out
+
+
+def format_table(summary: pd.DataFrame, metrics=("auroc", "aupr", "f1_max", "pauroc", "pro", "pf1_max"),
+                 digits: int = 3) -> pd.DataFrame:
+    """A wide table of strings: one row per (dataset, method, setting), ``mean ± std`` over seeds per metric."""
+    present = [m for m in metrics if m in set(summary.metric)]
+    cells = summary[summary.metric.isin(present)].copy()
+    cells["text"] = [f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if n > 1 else "")
+                     for m, s, n in zip(cells["mean"], cells["std"], cells["n_seeds"])]
+    wide = cells.pivot_table(index=["dataset", "method", "shots", "setting"], columns="metric", values="text",
+                             aggfunc="first")
+    wide = wide.reindex(columns=present).droplevel("shots")
+    wide.columns.name = None
+    return wide.fillna("–")
+
+
+def weights_note(provenances: dict) -> str:
+    """A Markdown box saying which weights produced a table; in bold capitals when any run used random weights."""
+    labels = sorted({(p.get("weights") or {}).get("model", "?") + ": " + (
+        "RANDOM" if (p.get("weights") or {}).get("random_weights") else (p.get("weights") or {}).get(
+            "checkpoint_sha256", "?")[:12]) for p in provenances.values()})
+    if any((p.get("weights") or {}).get("random_weights") for p in provenances.values()):
+        return ("```{warning}\n**RANDOM WEIGHTS.** These numbers come from seeded random-init models "
+                f"({', '.join(labels)}). They test that the pipeline runs end to end; they are not results about "
+                "CLIP, and they must not be compared with the papers' numbers.\n```")
+    return "```{note}\nWeights: " + ", ".join(labels) + "\n```"
+
+
+def paper_table(metrics: pd.DataFrame, paper: str = "fade2024", methods=None,
+                metric_names=("auroc", "aupr", "f1_max", "pauroc", "pro", "pf1_max"), digits: int = 3) -> pd.DataFrame:
+    """Our class-mean values beside the values *reported in the paper*, for the (dataset, method, setting) rows the
+    paper has. Our column is empty where we did not run that dataset (the default job runs embedded data only)."""
+    from zsad.paper import compare
+
+    both = compare(metrics, paper)
+    both = both[both.metric.isin(metric_names) & both.reported.notna()]
+    if methods is not None:
+        both = both[both.method.isin(_names(methods) if isinstance(methods, str) else methods)]
+    fmt = lambda v: "–" if pd.isna(v) else f"{v:.{digits}f}"  # noqa: E731
+    both = both.assign(ours=both.ours.map(fmt), reported=both.reported.map(fmt))
+    both["shots"] = both.setting.str.extract(r"^(\d+)", expand=False).astype(int)
+    wide = both.pivot_table(index=["dataset", "method", "shots", "setting"], columns="metric",
+                            values=["ours", "reported"], aggfunc="first").droplevel("shots")
+    wide = wide.rename(columns={"ours": "ours", "reported": "reported in the paper"}, level=0)
+    order = [m for m in metric_names if m in set(both.metric)]
+    return wide.reorder_levels([1, 0], axis=1).reindex(columns=pd.MultiIndex.from_product(
+        [order, ["ours", "reported in the paper"]])).fillna("–")
