@@ -9,3 +9,17 @@ def synth_root(tmp_path_factory):
     from zsad.data import make_synthetic
 
     return make_synthetic(tmp_path_factory.mktemp("synth") / "tree", seed=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_feature_cache(tmp_path_factory):
+    """Runs in tests cache features in a temporary folder, never in the project's cache/."""
+    import os
+
+    old = os.environ.get("ZSAD_CACHE")
+    os.environ["ZSAD_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))
+    yield
+    if old is None:
+        os.environ.pop("ZSAD_CACHE", None)
+    else:
+        os.environ["ZSAD_CACHE"] = old

@@ -28,6 +28,7 @@ _PUBLIC = {
     "run_grid": "zsad.tables", "run_settings": "zsad.tables", "summarise": "zsad.tables",
     "format_table": "zsad.tables", "paper_table": "zsad.tables", "weights_note": "zsad.tables",
     "shots_plot": "zsad.figures", "paper_reported": "zsad.paper",
+    "FeatureCache": "zsad.cache",
     # where things are
     "paths": "zsad.config",
 }

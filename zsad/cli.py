@@ -54,7 +54,7 @@ def _cmd_predict(args) -> int:
                   cnn_checkpoint=args.cnn_checkpoint or default_cnn_checkpoint(), shots=args.shots, seed=args.seed,
                   mode=args.mode, sizes=args.sizes, prompts=args.prompts or (), class_prompts=args.class_prompts,
                   detector=args.detector, max_images=args.max_images,
-                  n_boot=args.n_boot, out=args.out, overwrite=args.overwrite)
+                  n_boot=args.n_boot, cache=not args.no_cache, out=args.out, overwrite=args.overwrite)
     wide = res["metrics"].pivot_table(index="class", columns="metric", values="value", sort=False)
     print(wide.to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"run folder: {res['path']}")
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for intervals (0: none)")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("eval", help="recompute all metrics from a predictions.npz file (or run folder)")
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for confidence intervals (0: none)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.set_defaults(func=_cmd_eval)
+    from zsad.cache import register as register_cache
+
+    register_cache(sub)
     return parser
 
 

@@ -238,6 +238,7 @@ def extract_patch_features(
     batch_size: int = 8,
     progress: bool = True,
     desc: str = "cnn features",
+    cache=None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """PatchCore's locally aware patch features of a list of images (module docstring).
 
@@ -245,6 +246,11 @@ def extract_patch_features(
     :func:`imagenet_preprocess` at ``size``, one batch at a time), or an ``(N, 3, H, W)`` tensor that is already
     normalised (``size`` is then ignored). Returns ``(features, (h, w))``: float32 ``(N, h*w, dim)`` on the CPU and
     the patch grid (the first layer's; 28x28 for layer2 at 224 px), positions in row-major order.
+
+    With a :class:`zsad.cache.FeatureCache` as ``cache``, each image (record, path or PIL image; a pixel tensor
+    bypasses the cache) is looked up first (kind ``cnn``, keyed by weights, image content, size, ImageNet mean/std,
+    layers and dim); the network runs only on the misses and the result is the same (bit-identical with float32
+    storage).
     """
     layers = _check_layers(layers)
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < len(layers) or dim % len(layers):
@@ -257,6 +263,9 @@ def extract_patch_features(
     items = records_or_pixels if is_tensor else list(records_or_pixels)
     if len(items) == 0:
         raise ValueError("no images to extract features from")
+    if cache is not None and not is_tensor:
+        return _cached_patch_features(cnn, items, cache, size=size, layers=layers, dim=dim, batch_size=batch_size,
+                                      progress=progress, desc=desc)
     device = cnn.device
     parts, grid = [], None
     starts = range(0, len(items), batch_size)
@@ -267,3 +276,22 @@ def extract_patch_features(
         grid = tuple(int(v) for v in maps[layers[0]].shape[-2:])
         parts.append(_local_patch_features(maps, layers, dim).cpu())
     return torch.cat(parts), grid
+
+
+def _cached_patch_features(cnn: LoadedCNN, items: list, cache, *, size: int, layers: tuple[str, ...], dim: int,
+                           batch_size: int, progress: bool, desc: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    """:func:`extract_patch_features` through the feature cache: look up, compute the misses uncached, store."""
+    imagenet_transform(size)  # validates size even when every image is a hit
+    params = {"size": int(size), "preprocess": "imagenet_transform: square bicubic resize, ToTensor, Normalize",
+              "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "layers": list(layers), "dim": int(dim),
+              "patch": "avg_pool 3x3, bilinear to first layer, adaptive channel pool"}
+    lk = cache.lookup("cnn", cnn, params, items, expect=("features", "grid"))
+    if lk.missing:
+        fresh, grid = extract_patch_features(cnn, [items[i] for i in lk.missing], size=size, layers=layers, dim=dim,
+                                             batch_size=batch_size, progress=progress, desc=desc)
+        for j, i in enumerate(lk.missing):
+            lk.store(i, {"features": fresh[j], "grid": torch.tensor(grid, dtype=torch.int64)})
+    grids = {tuple(int(v) for v in lk.get(i)["grid"]) for i in range(len(items))}
+    if len(grids) != 1:  # cannot happen for one size and layer set; a guard against a foreign entry
+        raise ValueError(f"cached CNN features disagree on the patch grid: {sorted(grids)}")
+    return lk.stack("features"), grids.pop()

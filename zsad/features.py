@@ -1,7 +1,8 @@
 """The one place that runs the CLIP image encoder over a dataset: tokens per (image, size), both streams.
 
 Every method reads its image features from here. Tokens are L2-normalised (FADE normalises every token of both
-streams before use; cosine similarities are then plain dot products).
+streams before use; cosine similarities are then plain dot products). With a :class:`zsad.cache.FeatureCache` the
+tokens of an (image, size) are computed once per model and read back from disk afterwards.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ipywidgets
 
-from zsad.data import ImageRecord, load_image, preprocess
-from zsad.gem import encode_tokens
+from zsad.cache import FeatureCache, model_identity, unwrap_model
+from zsad.data import CLIP_MEAN, CLIP_STD, ImageRecord, load_image, preprocess
+from zsad.gem import DEFAULT_GEM_DEPTH, DEFAULT_SS_ATTN_ITER, encode_tokens
 
 
 @dataclass
@@ -33,10 +35,52 @@ class TokenSet:
         return len(self.relpaths)
 
 
+def token_params(size: int) -> dict:
+    """The cache key parameters of one ``tokens`` entry (everything besides model and image that shapes it)."""
+    return {"size": int(size), "preprocess": "clip_transform: square bicubic resize, ToTensor, Normalize",
+            "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "streams": ["clip", "gem"], "normalise": "l2",
+            "gem_depth": DEFAULT_GEM_DEPTH, "ss_attn_iter": DEFAULT_SS_ATTN_ITER, "ss_attn_temp": None}
+
+
 @torch.inference_mode()
 def extract_tokens(model, records: Sequence[ImageRecord], sizes: Sequence[int], *, batch_size: int = 8,
-                   progress: bool = True, desc: str = "features") -> TokenSet:
-    """Run the image tower once per (image, size); both token streams come from the same pass."""
+                   progress: bool = True, desc: str = "features", cache: FeatureCache | None = None) -> TokenSet:
+    """Run the image tower once per (image, size); both token streams come from the same pass.
+
+    ``model`` is a :class:`zsad.backbone.LoadedModel` (or its ``.model``). With a :class:`zsad.cache.FeatureCache`
+    every (image, size) is looked up first (kind ``tokens``, one entry per image and size holding both streams);
+    the model runs only on the misses, batched as without a cache, and the result is the same TokenSet (bit-identical
+    with float32 storage). A bare module as ``model`` works with a cache too, but is identified by hashing all its
+    weights on every call.
+    """
+    module = unwrap_model(model)
+    if cache is None or not records:
+        return _extract(module, records, sizes, batch_size, progress, desc)
+    unique = sorted(set(int(s) for s in sizes))
+    ident = model_identity(model)
+    digests = [cache.digest(r) for r in records]
+    lookups = {s: cache.lookup("tokens", ident, token_params(s), records, expect=("clip", "gem"), digests=digests)
+               for s in unique}
+    # sizes that miss the same images are computed in one call (each image is read once for all of them)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for s in unique:
+        if lookups[s].missing:
+            groups.setdefault(tuple(lookups[s].missing), []).append(s)
+    for missing, group in groups.items():
+        fresh = _extract(module, [records[i] for i in missing], group, batch_size, progress, desc)
+        for s in group:
+            for j, i in enumerate(missing):
+                lookups[s].store(i, {"clip": fresh.clip[s][j], "gem": fresh.gem[s][j]})
+    out = TokenSet([r.relpath for r in records])
+    for s in unique:
+        out.clip[s] = lookups[s].stack("clip")
+        out.gem[s] = lookups[s].stack("gem")
+    return out
+
+
+def _extract(model, records: Sequence[ImageRecord], sizes: Sequence[int], batch_size: int, progress: bool,
+             desc: str) -> TokenSet:
+    """The uncached pass: all images of ``records`` at every size."""
     device = next(model.parameters()).device
     out = TokenSet([r.relpath for r in records])
     images = [load_image(r.path) for r in records]

@@ -7,18 +7,19 @@ import torch
 
 from zsad import config
 from zsad.backbone import DEFAULT_MODEL, default_checkpoint, load_model
+from zsad.cache import FeatureCache, encode_prompts_cached
+from zsad.cnn import extract_patch_features, load_wide_resnet50
 from zsad.data import class_prompt_name, load_dataset, load_mask, sample_references
 from zsad.evaluate import metrics_table
 from zsad.features import extract_tokens
 from zsad.methods.base import resize_maps
-from zsad.cnn import extract_patch_features, load_wide_resnet50
 from zsad.methods.cheung_run import CHEUNG_METHODS
 from zsad.methods.fade import FadeConfig, fade
 from zsad.methods.patchcore import PatchCoreConfig, patchcore
 from zsad.methods.winclip import WinClipConfig, winclip
 from zsad.prompts import read_prompt_file, winclip_prompts
 from zsad.results import provenance, write_run
-from zsad.text import encode_prompts, prototypes
+from zsad.text import prototypes
 from zsad.windows import extract_window_tokens
 
 
@@ -92,24 +93,26 @@ def _fade_config(params) -> FadeConfig:
 
 
 def _fade_class(loaded, cls, test, refs, params, progress):
+    cache = params.get("cache")
     sizes = tuple(sorted(set(params["sizes"]) | {240}))
-    tokens = extract_tokens(loaded.model, test, sizes, progress=progress, desc=f"{cls} test")
-    ref_tokens = extract_tokens(loaded.model, refs, params["sizes"], progress=progress,
-                                desc=f"{cls} refs") if refs else None
+    tokens = extract_tokens(loaded, test, sizes, progress=progress, desc=f"{cls} test", cache=cache)
+    ref_tokens = extract_tokens(loaded, refs, params["sizes"], progress=progress, desc=f"{cls} refs",
+                                cache=cache) if refs else None
     ac, seg = _prompt_sets(cls, params["prompts"], params["winclip_in_segmentation"])
-    enc = {name: prototypes(encode_prompts(loaded.model, loaded.tokenizer, p["normal"]),
-                            encode_prompts(loaded.model, loaded.tokenizer, p["abnormal"]))
+    enc = {name: prototypes(encode_prompts_cached(loaded, p["normal"], cache=cache),
+                            encode_prompts_cached(loaded, p["abnormal"], cache=cache))
            for name, p in (("ac", ac), ("as", seg))}
     cfg = _fade_config(params)
     return fade(tokens, cfg, ac_prototypes=enc["ac"], as_prototypes=enc["as"], refs=ref_tokens)
 
 
 def _winclip_class(loaded, cls, test, refs, params, progress):
-    windows = extract_window_tokens(loaded.model, test, progress=progress)
-    ref_windows = extract_window_tokens(loaded.model, refs, progress=progress) if refs else None
+    cache = params.get("cache")
+    windows = extract_window_tokens(loaded, test, progress=progress, cache=cache)
+    ref_windows = extract_window_tokens(loaded, refs, progress=progress, cache=cache) if refs else None
     p = winclip_prompts(class_prompt_name(cls))
     # WinCLIP averages the raw text embeddings (no FADE wrapper); winclip() normalises the prototypes.
-    proto = prototypes(*(encode_prompts(loaded.model, loaded.tokenizer, p[side], wrapper=None, normalise=False)
+    proto = prototypes(*(encode_prompts_cached(loaded, p[side], cache=cache, wrapper=None, normalise=False)
                          for side in ("normal", "abnormal")))
     return winclip(windows, proto, WinClipConfig(**{"shots": params["shots"], **params["options"]}),
                    ref_windows=ref_windows)
@@ -118,8 +121,8 @@ def _winclip_class(loaded, cls, test, refs, params, progress):
 def _patchcore_class(loaded, cls, test, refs, params, progress):
     if not refs:
         raise ValueError("PatchCore is a k-shot baseline: pass shots >= 1")
-    test_feat, grid = extract_patch_features(loaded, test, progress=progress)
-    ref_feat, _ = extract_patch_features(loaded, refs, progress=progress)
+    test_feat, grid = extract_patch_features(loaded, test, progress=progress, cache=params.get("cache"))
+    ref_feat, _ = extract_patch_features(loaded, refs, progress=progress, cache=params.get("cache"))
     return patchcore(test_feat, ref_feat, grid, PatchCoreConfig(seed=params["seed"]), out_size=params["eval_size"])
 
 
@@ -137,14 +140,15 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
             model: str = DEFAULT_MODEL, checkpoint=None, cnn_checkpoint=None, shots: int = 0, seed: int = 0, mode: str = "both",
             sizes=(240, 448, 896), prompts=(), winclip_in_segmentation: bool = True, options=None, variant: str = "",
             class_prompts=None, detector=None, max_images: int | None = None, eval_size: int = 448,
-            n_boot: int = 200, out=None, overwrite: bool = False, progress: bool = True) -> dict:
+            n_boot: int = 200, cache=True, out=None, overwrite: bool = False, progress: bool = True) -> dict:
     """Run one method on one dataset (every class, or ``classes``) and write a run folder when ``out`` is given.
 
     Returns ``{"metrics": DataFrame, "predictions": dict, "provenance": dict, "path": Path | None}``.
     Inputs are checked before any model runs: unknown method or class, shots larger than a class's train set,
     sizes not multiples of 16, prompt files without both sides, unknown FADE options.
 
-    ``options`` are method config fields (e.g. ``{"language_stream": "clip"}`` for FADE, ``{"temperature": 0.01}``
+    ``cache``: True = the feature cache under ``$ZSAD_CACHE`` (default ``cache/``), a :class:`FeatureCache`, or
+    False/None for none. ``options`` are method config fields (e.g. ``{"language_stream": "clip"}`` for FADE, ``{"temperature": 0.01}``
     for WinCLIP); ``variant`` names such a run in the ``setting`` column (``"0-shot <variant>"``).
     """
     if method not in METHODS:
@@ -189,10 +193,12 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
         params["model"] = loaded.name
     else:
         loaded = load_model(model, checkpoint=checkpoint or default_checkpoint(), seed=0)
+    feature_cache = FeatureCache() if cache is True else (cache or None)
     parts = []
     for cls in sorted(by_class):
         test = subset_evenly(by_class[cls]["test"], max_images)
-        run_params = {**params, "prompts": prompts, "class_prompts": class_prompts, "detector": detector}
+        run_params = {**params, "prompts": prompts, "class_prompts": class_prompts, "detector": detector,
+                      "cache": feature_cache}
         out_cls = run_class(loaded, cls, test, references[cls], run_params, progress)
         if out_cls.info.get("image_only"):  # image-level method: no maps, so no pixel metrics
             maps = out_cls.maps.reshape(len(test), 1, 1).astype(np.float32)

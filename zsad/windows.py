@@ -241,7 +241,7 @@ class WindowTokens:
 @torch.inference_mode()
 def extract_window_tokens(model, records: Sequence, *, size: int = 240, scales: Sequence[int] = DEFAULT_SCALES,
                           stride: int = 1, batch_size: int = 8, progress: bool = True,
-                          patch_stream: str = "ln_post", desc: str = "windows") -> WindowTokens:
+                          patch_stream: str = "ln_post", desc: str = "windows", cache=None) -> WindowTokens:
     """Run the image tower once per image and return its normalised WinCLIP features (:class:`WindowTokens`).
 
     ``records`` are :class:`zsad.data.ImageRecord` (or anything with ``.path`` and ``.relpath``); images are read
@@ -249,6 +249,11 @@ def extract_window_tokens(model, records: Sequence, *, size: int = 240, scales: 
     one batch at a time. This does not reuse :func:`zsad.features.extract_tokens`: that pass also runs the GEM
     stream (not needed here) and returns projected tokens only, while WinCLIP+ needs the unprojected ones and the
     window forwards need the embedding step, so one pass here yields the CLS, window and patch features together.
+
+    ``model`` is a :class:`zsad.backbone.LoadedModel` (or its ``.model``). With a :class:`zsad.cache.FeatureCache`
+    as ``cache``, each image is looked up first (kind ``windows``, keyed by model, image bytes, size, scales, stride
+    and patch stream); the tower runs only on the misses and the result is the same (bit-identical with float32
+    storage).
     """
     from zsad.data import load_image, preprocess
 
@@ -256,6 +261,12 @@ def extract_window_tokens(model, records: Sequence, *, size: int = 240, scales: 
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not records:
         raise ValueError("no images to encode")
+    if cache is not None:
+        return _cached_window_tokens(model, records, cache, size=size, scales=scales, stride=stride,
+                                     batch_size=batch_size, progress=progress, patch_stream=patch_stream, desc=desc)
+    from zsad.cache import unwrap_model
+
+    model = unwrap_model(model)
     device = next(model.parameters()).device
     parts_cls, parts_patch = [], []
     parts_win: dict[int, list] = {}
@@ -276,6 +287,42 @@ def extract_window_tokens(model, records: Sequence, *, size: int = 240, scales: 
         windows={s: torch.cat(p) for s, p in parts_win.items()},
         patch=torch.cat(parts_patch),
         grid=(size // ph, size // pw),
+        stride=stride,
+        size=size,
+        patch_stream=patch_stream,
+    )
+
+
+def _cached_window_tokens(model, records: Sequence, cache, *, size: int, scales: Sequence[int], stride: int,
+                          batch_size: int, progress: bool, patch_stream: str, desc: str) -> WindowTokens:
+    """:func:`extract_window_tokens` through the feature cache: look up, compute the misses uncached, store."""
+    from zsad.cache import unwrap_model
+    from zsad.data import CLIP_MEAN, CLIP_STD
+
+    if patch_stream not in PATCH_STREAMS:
+        raise ValueError(f"patch_stream must be one of {PATCH_STREAMS}, got {patch_stream!r}")
+    module = unwrap_model(model)
+    ph, pw = _check_tower(module).conv1.kernel_size
+    grid = (size // ph, size // pw)
+    order = list(window_masks(grid, scales, stride))  # validates scales/stride; the order of the windows dict
+    params = {"size": int(size), "preprocess": "clip_transform: square bicubic resize, ToTensor, Normalize",
+              "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "scales": order, "stride": int(stride),
+              "patch_stream": patch_stream, "normalise": "l2"}
+    names = ("cls", "patch", *(f"windows.{s}" for s in order))
+    lk = cache.lookup("windows", model, params, records, expect=names)
+    if lk.missing:
+        fresh = extract_window_tokens(module, [records[i] for i in lk.missing], size=size, scales=scales,
+                                      stride=stride, batch_size=batch_size, progress=progress,
+                                      patch_stream=patch_stream, desc=desc)
+        for j, i in enumerate(lk.missing):
+            lk.store(i, {"cls": fresh.cls[j], "patch": fresh.patch[j],
+                         **{f"windows.{s}": w[j] for s, w in fresh.windows.items()}})
+    return WindowTokens(
+        relpaths=[r.relpath for r in records],
+        cls=lk.stack("cls"),
+        windows={s: lk.stack(f"windows.{s}") for s in order},
+        patch=lk.stack("patch"),
+        grid=grid,
         stride=stride,
         size=size,
         patch_stream=patch_stream,

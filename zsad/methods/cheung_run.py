@@ -117,9 +117,10 @@ def _encode_pil(model, images: Sequence, size: int, batch_size: int = 16) -> tor
 
 
 def _class_features(loaded, cls: str, test: Sequence[ImageRecord], cfg: CheungConfig, detector_spec, seed: int,
-                    progress: bool) -> dict:
+                    progress: bool, cache=None) -> dict:
     """Everything prompt-independent: whole-image and crop embeddings, detections and crops of each image."""
-    tokens = extract_tokens(loaded.model, test, (cfg.image_size,), progress=progress, desc=f"{cls} images")
+    tokens = extract_tokens(loaded, test, (cfg.image_size,), progress=progress, desc=f"{cls} images",
+                            cache=cache)
     e_image = tokens.clip[cfg.image_size][:, 0].double()  # CLS of the ordinary stream, L2-normalised
     feats = {"e_image": e_image, "e_object": None, "detector": None}
     if not cfg.use_detection:
@@ -176,7 +177,7 @@ def cheung_class(loaded, cls: str, test_records: Sequence[ImageRecord], refs: Se
     """Cheung et al. on one class (the study adapter, same signature as ``zsad.study._fade_class``)."""
     cfg = config_from_params(params)
     feats = _class_features(loaded, cls, test_records, cfg, params.get("detector"),
-                            int(params.get("detector_seed") or 0), progress)
+                            int(params.get("detector_seed") or 0), progress, params.get("cache"))
     prompts, source, note = class_prompts_for(cls, params.get("class_prompts"))
     row = ("Ours" if source != "winclip" else "Ours w/o prompt generation") if cfg.use_detection else \
         "Ours w/o object detection"
@@ -192,7 +193,7 @@ def cheung_ablation(loaded, cls: str, test_records: Sequence[ImageRecord], refs:
     """
     cfg = replace(config_from_params(params), use_detection=True)
     feats = _class_features(loaded, cls, test_records, cfg, params.get("detector"),
-                            int(params.get("detector_seed") or 0), progress)
+                            int(params.get("detector_seed") or 0), progress, params.get("cache"))
     llm, llm_source, llm_note = class_prompts_for(cls, params.get("class_prompts"))
     if llm_source == "winclip" and not llm_note:
         llm_note = "no class_prompts given: the full row uses the WinCLIP ensemble (= w/o prompt generation)"

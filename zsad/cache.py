@@ -1,0 +1,531 @@
+"""The on-disk feature cache: image-encoder outputs keyed by content, stored as safetensors, never served stale.
+
+Every image encoder pass over a dataset goes through :mod:`zsad.features` (CLIP + GEM tokens),
+:func:`zsad.windows.extract_window_tokens` (WinCLIP windows) or :func:`zsad.cnn.extract_patch_features`
+(PatchCore). Given a :class:`FeatureCache` they first look every image up, run the model only on the misses
+(batched as without a cache), store those, and return exactly what the uncached call returns (bit-identical with the
+default float32 storage).
+
+The key
+-------
+One entry holds the features of one image for one feature *kind* and one set of parameters. Its key is the sha256 of
+a canonical JSON document (stored in the entry itself and compared on every read) made of
+
+- ``format``: :data:`FORMAT_VERSION`, bumped when the layout of entries changes;
+- ``kind``: ``tokens`` (CLIP + GEM tokens), ``windows`` (WinCLIP), ``cnn`` (PatchCore), ``text`` (prompt embeddings);
+- ``model``: :func:`model_identity`: architecture name + checkpoint sha256, or ``"random"`` + the init seed, and the
+  parameter dtype;
+- ``input``: sha256 of the image file's bytes (:meth:`FeatureCache.digest`), or of the prompt list for ``text``;
+- ``params``: the preprocessing and feature parameters (size, mean/std, GEM depth, window scales/stride/patch
+  stream, CNN layers/dim, ...), filled in by the extraction function;
+- ``storage``: ``float32`` (default) or ``float16``;
+- ``code``: sha256 of the zsad source files whose code computes that kind (:data:`CODE_FILES`), so an edit of the
+  GEM forward, the window forward, the CNN feature code or the preprocessing recomputes instead of serving features
+  of the old code; and ``software``: the torch / torchvision / open_clip / Pillow versions (numerics and resizing).
+
+File layout: ``<root>/<kind>/<first two hex digits>/<key>.safetensors``. ``root`` is ``$ZSAD_CACHE`` or
+``<project root>/cache`` (git-ignored). Each file holds that image's tensors plus metadata: the key document, a
+sha256 per tensor and where it was computed. A read checks that the file parses, that the key document matches
+and that every checksum and expected tensor name is there; anything else (truncated, garbage, another entry) is a
+:class:`CacheWarning`, the file is dropped and the features are recomputed. Writes go to a temporary file in the
+same folder (``*.tmp-*``, git-ignored) and are moved into place with ``os.replace``, so a reader or a concurrent
+writer only ever sees a complete file. Nothing is pickled: entries are safetensors, read from bytes.
+
+Determinism note: a model's output for one image can differ in the last bits with the batch it was computed in (BLAS
+blocking). With a cold cache the misses are batched exactly like the uncached call, so the result is bit-identical;
+once stored, the entry is what every later run reads, whatever the batch composition (more reproducible, not less).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata as _metadata
+from pathlib import Path
+
+import torch
+
+__all__ = ["FORMAT_VERSION", "KINDS", "CACHE_ENV", "CacheWarning", "FeatureCache", "Lookup", "cache_root",
+           "model_identity", "unwrap_model", "encode_prompts_cached", "register"]
+
+FORMAT_VERSION = 1
+KINDS = ("tokens", "windows", "cnn", "text")
+CACHE_ENV = "ZSAD_CACHE"
+SUFFIX = ".safetensors"
+TMP_MARK = ".tmp-"  # matches the `*.tmp-*` line of .gitignore
+_PACKAGE_DIR = Path(__file__).resolve().parent
+#: zsad source files whose code produces each kind of features (their sha256 is part of every key of the kind).
+CODE_FILES = {
+    "tokens": ("features.py", "gem.py", "data/images.py"),
+    "windows": ("windows.py", "gem.py", "data/images.py"),
+    "cnn": ("cnn.py", "data/images.py"),
+    "text": ("text.py",),
+}
+_SOFTWARE = ("torch", "torchvision", "open-clip-torch", "pillow")
+
+
+class CacheWarning(UserWarning):
+    """A cache entry that could not be used (corrupt, truncated, foreign) and was recomputed."""
+
+
+class _Corrupt(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------- key parts
+
+
+def cache_root() -> Path:
+    """``$ZSAD_CACHE`` if set, else ``<project root>/cache``."""
+    value = os.environ.get(CACHE_ENV, "").strip()
+    if value:
+        return Path(value).expanduser()
+    from zsad.config import PROJECT_ROOT
+
+    return PROJECT_ROOT / "cache"
+
+
+@lru_cache(maxsize=None)
+def code_fingerprint(kind: str) -> str:
+    """sha256 over the zsad source files that compute ``kind`` (read once per process, i.e. the imported code)."""
+    h = hashlib.sha256()
+    for rel in CODE_FILES[kind]:
+        h.update(rel.encode() + b"\0" + (_PACKAGE_DIR / rel).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def software_versions() -> dict[str, str]:
+    out = {}
+    for name in _SOFTWARE:
+        try:
+            out[name] = _metadata.version(name)
+        except _metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def unwrap_model(model) -> torch.nn.Module:
+    """The ``nn.Module`` of a :class:`zsad.backbone.LoadedModel` / :class:`zsad.cnn.LoadedCNN`, or ``model`` itself."""
+    inner = getattr(model, "model", None)
+    if isinstance(inner, torch.nn.Module) and hasattr(model, "sha256"):
+        return inner
+    if isinstance(model, torch.nn.Module):
+        return model
+    raise TypeError(f"expected a torch module, LoadedModel or LoadedCNN, got {type(model).__name__}")
+
+
+def _param_dtype(module: torch.nn.Module) -> str:
+    p = next(module.parameters(), None)
+    return str(p.dtype).removeprefix("torch.") if p is not None else "none"
+
+
+def _state_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def model_identity(model) -> dict:
+    """What identifies a model's weights in a key.
+
+    A :class:`~zsad.backbone.LoadedModel` or :class:`~zsad.cnn.LoadedCNN`: ``{"arch": name, "weights": checkpoint
+    sha256 | "random", "seed": init seed (random weights only, else None), "dtype": parameter dtype}``. A bare
+    ``nn.Module`` (no provenance): its class name and the sha256 of its whole state dict (exact, but it reads every
+    weight each call; pass the Loaded* object instead).
+    """
+    module = unwrap_model(model)
+    if module is not model:
+        sha = str(model.sha256)
+        return {"arch": str(model.name), "weights": sha, "seed": int(model.seed) if sha == "random" else None,
+                "dtype": _param_dtype(module)}
+    return {"arch": type(module).__name__, "weights": "state:" + _state_digest(module), "seed": None,
+            "dtype": _param_dtype(module)}
+
+
+def _canonical(doc: dict) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    t = t.detach().cpu().contiguous()
+    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"").hexdigest()
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}; one of {', '.join(KINDS)}")
+    return kind
+
+
+def _file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------- the cache
+
+
+class FeatureCache:
+    """Content-keyed feature store under ``root`` (default :func:`cache_root`).
+
+    Parameters
+    ----------
+    root : cache folder; created on the first write.
+    float16 : store floating tensors as float16 (half the disk; what is returned is then the float16-rounded value,
+        identical between the computing call and every later read). Default False: float32, results unchanged.
+        The storage dtype is part of the key, so the two never mix.
+
+    ``stats[kind]`` counts ``hits``, ``misses``, ``stored``, ``corrupt`` and ``write_errors`` (unique keys) of this
+    object.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, *, float16: bool = False):
+        self.root = Path(root).expanduser() if root is not None else cache_root()
+        self.float16 = bool(float16)
+        self.stats: dict[str, Counter] = {k: Counter() for k in KINDS}
+        self._digests: dict[tuple, str] = {}
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.root)!r}, float16={self.float16})"
+
+    @property
+    def storage(self) -> str:
+        return "float16" if self.float16 else "float32"
+
+    # -- keys
+    def digest(self, item) -> str:
+        """sha256 of an image's content: the file bytes of an ImageRecord (``.path``) or a path; for a PIL image,
+        of its mode, size and pixel bytes. File digests are memoised per (path, size, mtime, inode)."""
+        from PIL import Image
+
+        if isinstance(item, Image.Image):
+            h = hashlib.sha256(f"PIL|{item.mode}|{item.size}|".encode())
+            h.update(item.tobytes())
+            return "pil:" + h.hexdigest()
+        path = Path(getattr(item, "path", item))
+        st = path.stat()  # FileNotFoundError for a missing file, as the loaders would raise
+        memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        found = self._digests.get(memo)
+        if found is None:
+            found = self._digests[memo] = _file_digest(path)
+        return found
+
+    def key_document(self, kind: str, model_id: dict, input_digest: str, params: dict) -> str:
+        """The canonical JSON the key hashes (see the module docstring)."""
+        return _canonical({"format": FORMAT_VERSION, "kind": _check_kind(kind), "model": model_id,
+                           "input": input_digest, "params": params, "storage": self.storage,
+                           "code": code_fingerprint(kind), "software": software_versions()})
+
+    @staticmethod
+    def key_of(document: str) -> str:
+        return hashlib.sha256(document.encode()).hexdigest()
+
+    def path_of(self, kind: str, key: str) -> Path:
+        return self.root / _check_kind(kind) / key[:2] / (key + SUFFIX)
+
+    # -- one entry
+    def load(self, kind: str, document: str, expect: Iterable[str] = ()) -> dict[str, torch.Tensor] | None:
+        """The tensors of the entry with this key document (float tensors as float32), or None if there is none.
+
+        A file that is there but unusable is warned about (:class:`CacheWarning`), removed, and reported as None.
+        """
+        path = self.path_of(kind, self.key_of(document))
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            tensors = self._parse(data, document, set(expect))
+        except _Corrupt as exc:
+            warnings.warn(f"feature cache: {path}: {exc}; recomputing", CacheWarning, stacklevel=3)
+            self.stats[kind]["corrupt"] += 1
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return None
+        return tensors
+
+    @staticmethod
+    def _parse(data: bytes, document: str, expect: set) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load as st_load
+
+        if len(data) < 8:
+            raise _Corrupt(f"{len(data)} bytes, shorter than a safetensors header")
+        n = int.from_bytes(data[:8], "little")
+        if n > len(data) - 8:
+            raise _Corrupt("truncated safetensors header")
+        try:
+            header = json.loads(data[8:8 + n])
+            meta = header.get("__metadata__") or {}
+            sums = json.loads(meta.get("checksums", "null"))
+        except (ValueError, AttributeError) as exc:
+            raise _Corrupt(f"unreadable safetensors header ({exc})") from None
+        if meta.get("key") != document:
+            raise _Corrupt("stored key document differs from the requested one")
+        try:
+            tensors = st_load(data)
+        except Exception as exc:  # safetensors raises its own error type for truncated or inconsistent files
+            raise _Corrupt(f"safetensors cannot load it ({type(exc).__name__}: {exc})") from None
+        if not isinstance(sums, dict) or set(sums) != set(tensors):
+            raise _Corrupt("checksums do not list the stored tensors")
+        if not expect <= set(tensors):
+            raise _Corrupt(f"missing tensors {sorted(expect - set(tensors))}")
+        out = {}
+        for name, t in tensors.items():
+            if _tensor_digest(t) != sums[name]:
+                raise _Corrupt(f"checksum mismatch for tensor {name!r}")
+            # owned copies (the parsed tensors are views of ``data``); float16 storage comes back as float32
+            out[name] = t.to(torch.float32, copy=True) if t.is_floating_point() else t.clone()
+        return out
+
+    def save(self, kind: str, document: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Store one entry atomically; returns the tensors as a later :meth:`load` will return them.
+
+        A failed write (disk full, read-only folder) is a :class:`CacheWarning`, not an error: the features are
+        still returned, the next run computes them again."""
+        from safetensors.torch import save as st_save
+
+        stored, back = {}, {}
+        for name, t in tensors.items():
+            t = t.detach().cpu()
+            if t.is_floating_point():
+                t = t.to(torch.float16 if self.float16 else torch.float32)
+            stored[name] = t = t.contiguous().clone()
+            back[name] = t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
+        meta = {"zsad_cache_format": str(FORMAT_VERSION), "kind": kind, "key": document,
+                "checksums": _canonical({name: _tensor_digest(t) for name, t in stored.items()}),
+                "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "host": platform.node(), "torch_device": _device_label(tensors)}
+        path = self.path_of(kind, self.key_of(document))
+        try:
+            _write_atomic(path, st_save(stored, metadata=meta))
+        except OSError as exc:
+            warnings.warn(f"feature cache: cannot write {path} ({exc}); continuing without storing it",
+                          CacheWarning, stacklevel=3)
+            self.stats[kind]["write_errors"] += 1
+            return back
+        self.stats[kind]["stored"] += 1
+        return back
+
+    # -- many images
+    def lookup(self, kind: str, model, params: dict, items: Sequence, *, expect: Iterable[str] = (),
+               digests: Sequence[str] | None = None) -> "Lookup":
+        """Look every item up; see :class:`Lookup`. ``model`` is a Loaded* object, a module or an identity dict."""
+        model_id = model if isinstance(model, dict) else model_identity(model)
+        digests = list(digests) if digests is not None else [self.digest(it) for it in items]
+        return Lookup(self, kind, [self.key_document(kind, model_id, d, params) for d in digests], tuple(expect))
+
+    # -- maintenance
+    def _entries(self, kind: str) -> list[Path]:
+        folder = self.root / kind
+        return sorted(folder.glob("??/*" + SUFFIX)) if folder.is_dir() else []
+
+    def _temps(self, kind: str) -> list[Path]:
+        folder = self.root / kind
+        return sorted(folder.glob("??/*" + SUFFIX + TMP_MARK + "*")) if folder.is_dir() else []
+
+    def info(self) -> dict:
+        """``{"root": str, "kinds": {kind: {"entries", "bytes", "temp_files"}}, "entries", "bytes"}``."""
+        kinds = {}
+        for kind in KINDS:
+            files = self._entries(kind)
+            kinds[kind] = {"entries": len(files), "bytes": sum(_size(p) for p in files),
+                           "temp_files": len(self._temps(kind))}
+        return {"root": str(self.root), "kinds": kinds, "entries": sum(k["entries"] for k in kinds.values()),
+                "bytes": sum(k["bytes"] for k in kinds.values())}
+
+    def clear(self, kind: str | None = None) -> dict:
+        """Delete the entries (and leftover temporary files) of one kind or of all; returns what was removed.
+
+        Only files named like cache entries inside ``<root>/<kind>/<xx>/`` are deleted, then empty folders."""
+        kinds = KINDS if kind is None else (_check_kind(kind),)
+        removed = {"entries": 0, "bytes": 0}
+        for k in kinds:
+            for p in self._entries(k) + self._temps(k):
+                size = _size(p)
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    continue
+                if not p.name.endswith(SUFFIX):
+                    continue
+                removed["entries"] += 1
+                removed["bytes"] += size
+            folder = self.root / k
+            if folder.is_dir():
+                for sub in sorted(folder.iterdir()):
+                    if sub.is_dir() and len(sub.name) == 2:
+                        _rmdir_quiet(sub)
+                _rmdir_quiet(folder)
+        return removed
+
+
+class Lookup:
+    """The cache state of a list of items for one kind and parameter set.
+
+    ``keys[i]`` is item i's key; ``missing`` lists, once per distinct missing key, the position of its first item
+    (identical files share one entry and are computed once). Compute the missing items, :meth:`store` each, then
+    :meth:`get` every position.
+    """
+
+    def __init__(self, cache: FeatureCache, kind: str, documents: list[str], expect: tuple[str, ...]):
+        self.cache, self.kind = cache, kind
+        self.keys = [cache.key_of(d) for d in documents]
+        self._documents = dict(zip(self.keys, documents))
+        self._entries: dict[str, dict[str, torch.Tensor]] = {}
+        self.missing: list[int] = []
+        seen = set()
+        stats = cache.stats[kind]
+        for i, key in enumerate(self.keys):
+            if key in seen:
+                continue
+            seen.add(key)
+            found = cache.load(kind, self._documents[key], expect)
+            if found is None:
+                self.missing.append(i)
+                stats["misses"] += 1
+            else:
+                self._entries[key] = found
+                stats["hits"] += 1
+
+    def store(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
+        key = self.keys[index]
+        self._entries[key] = self.cache.save(self.kind, self._documents[key], tensors)
+
+    def get(self, index: int) -> dict[str, torch.Tensor]:
+        return self._entries[self.keys[index]]
+
+    def stack(self, name: str) -> torch.Tensor:
+        """``torch.stack`` of tensor ``name`` over all positions (all must be stored or found)."""
+        return torch.stack([self.get(i)[name] for i in range(len(self.keys))])
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path`` and move it into place: readers and concurrent writers
+    only ever see a complete file (the last ``os.replace`` wins)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + TMP_MARK, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _device_label(tensors: dict) -> str:
+    devices = {str(t.device) for t in tensors.values()}
+    return ",".join(sorted(devices))
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def _rmdir_quiet(p: Path) -> None:
+    try:
+        p.rmdir()
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ text embeddings
+
+
+_TEXT_DEFAULT = object()
+
+
+def encode_prompts_cached(model, prompts: Sequence[str], *, cache: FeatureCache | None, tokenizer=None,
+                          wrapper=_TEXT_DEFAULT, normalise: bool = True, **kwargs) -> torch.Tensor:
+    """:func:`zsad.text.encode_prompts` through the cache (kind ``text``), keyed by model and prompt content.
+
+    ``model`` is a :class:`~zsad.backbone.LoadedModel` (its tokenizer is used unless ``tokenizer`` is given).
+    ``wrapper`` and ``normalise`` are ``encode_prompts``' (default: FADE's wrapper, normalised) and part of the key.
+    Returns what ``encode_prompts`` returns; with ``cache=None`` it simply calls it.
+    """
+    from zsad.text import FADE_WRAPPER, encode_prompts
+
+    if wrapper is _TEXT_DEFAULT:
+        wrapper = FADE_WRAPPER
+
+    module = unwrap_model(model)
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError("encode_prompts_cached needs a tokenizer: pass a LoadedModel or tokenizer=...")
+    if cache is None:
+        return encode_prompts(module, tok, prompts, wrapper=wrapper, normalise=normalise, **kwargs)
+    content = "text:" + hashlib.sha256(_canonical(list(prompts)).encode()).hexdigest()
+    params = {"wrapper": wrapper, "normalise": bool(normalise)}
+    lk = cache.lookup("text", model, params, [None], expect=("embeddings",), digests=[content])
+    if lk.missing:
+        lk.store(0, {"embeddings": encode_prompts(module, tok, prompts, wrapper=wrapper, normalise=normalise,
+                                                  **kwargs)})
+    return lk.get(0)["embeddings"].clone()
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _cmd_info(args) -> int:
+    report = FeatureCache(args.root).info()
+    print(f"cache root: {report['root']}")
+    print(f"{'kind':<8} {'entries':>8} {'bytes':>14} {'size':>10}")
+    for kind, row in report["kinds"].items():
+        extra = f"  ({row['temp_files']} temporary files)" if row["temp_files"] else ""
+        print(f"{kind:<8} {row['entries']:>8} {row['bytes']:>14} {_human(row['bytes']):>10}{extra}")
+    print(f"{'total':<8} {report['entries']:>8} {report['bytes']:>14} {_human(report['bytes']):>10}")
+    return 0
+
+
+def _cmd_clear(args) -> int:
+    cache = FeatureCache(args.root)
+    removed = cache.clear(args.kind)
+    what = f"kind {args.kind}" if args.kind else "all kinds"
+    print(f"removed {removed['entries']} entries ({_human(removed['bytes'])}) of {what} from {cache.root}")
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``zsad cache info`` and ``zsad cache clear [--kind K]`` to the ``zsad`` sub-command parsers."""
+    parser = subparsers.add_parser("cache", help="the on-disk feature cache: entries and bytes per kind, clearing")
+    sub = parser.add_subparsers(dest="cache_command", required=True)
+    p = sub.add_parser("info", help="root, entries and bytes per kind")
+    p.add_argument("--root", type=Path, help=f"cache folder (default ${CACHE_ENV} or <project>/cache)")
+    p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("clear", help="delete cached features (all kinds, or one)")
+    p.add_argument("--kind", choices=KINDS, help="only this kind of features")
+    p.add_argument("--root", type=Path, help=f"cache folder (default ${CACHE_ENV} or <project>/cache)")
+    p.set_defaults(func=_cmd_clear)
+    return parser
