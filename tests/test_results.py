@@ -79,7 +79,7 @@ def test_crash_leaves_no_folder(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(results.np, "savez_compressed", boom)
+    monkeypatch.setattr(results, "_write_npz", boom)
     with pytest.raises(KeyboardInterrupt):
         write_run(tmp_path / "r", _metrics(), _predictions(), _prov())
     assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,11 @@ The package computes; notebooks communicate. Public names are imported lazily so
 from __future__ import annotations
 
 import importlib
+import warnings
+
+# huggingface_hub (imported by open_clip and transformers) imports tqdm.auto, which warns on stderr in a Jupyter
+# kernel without ipywidgets. zsad's own progress bars are plain tqdm; the warning would only clutter notebooks.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 __version__ = "0.1.0"
 

@@ -10,6 +10,7 @@ tests and the default CPU job run the real code paths in seconds.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,13 @@ def load_model(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None =
         raise ValueError(f"unknown model {name!r}; open_clip knows e.g. {DEFAULT_MODEL!r}, 'zsad-tiny-vit'")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = open_clip.create_model(name, pretrained=None, device="cpu")
+        # open_clip logs "No pretrained weights loaded" on the root logger; zsad marks random weights itself
+        # (weights_label), in every result, so the log line would only clutter notebooks.
+        logging.disable(logging.WARNING)
+        try:
+            model = open_clip.create_model(name, pretrained=None, device="cpu")
+        finally:
+            logging.disable(logging.NOTSET)
     sha = RANDOM
     ckpt_path = None
     if checkpoint is not None:

@@ -1,6 +1,8 @@
 """The orchestrator the CLI and the notebooks call: named datasets in, tidy tables and run folders out."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import torch
@@ -16,6 +18,7 @@ from zsad.methods.base import resize_maps
 from zsad.methods.cheung_run import CHEUNG_METHODS
 from zsad.methods.fade import FadeConfig, fade
 from zsad.methods.patchcore import PatchCoreConfig, patchcore
+from zsad.methods.tamura_run import tamura_class
 from zsad.methods.winclip import WinClipConfig, winclip
 from zsad.prompts import read_prompt_file, winclip_prompts
 from zsad.results import provenance, write_run
@@ -71,8 +74,16 @@ def subset_evenly(records, max_images: int | None):
     return [records[i] for i in idx]
 
 
+@functools.lru_cache(maxsize=4096)
+def _mask(record, size: int) -> np.ndarray:
+    """A record's mask at the evaluation size; memoised because every setting of a table evaluates the same images."""
+    mask = load_mask(record, size).numpy()
+    mask.flags.writeable = False
+    return mask
+
+
 def _ground_truth(records, size: int) -> np.ndarray:
-    return np.stack([load_mask(r, size).numpy() for r in records]) if records else np.zeros((0, size, size), bool)
+    return np.stack([_mask(r, size) for r in records]) if records else np.zeros((0, size, size), bool)
 
 
 def _prompt_sets(cls: str, prompt_files, winclip_in_segmentation: bool = True) -> tuple[dict, dict]:
@@ -130,6 +141,7 @@ def _patchcore_class(loaded, cls, test, refs, params, progress):
 METHODS = {"fade": (_fade_class, "clip"), "winclip": (_winclip_class, "clip"), "patchcore": (_patchcore_class, "cnn")}
 # Cheung et al.: the full method and its two ablation rows share one detection cache.
 METHODS.update({name: (run, "clip") for name, run in CHEUNG_METHODS.items()})
+METHODS["tamura"] = (tamura_class, "clip")
 
 
 def _setting(shots: int) -> str:

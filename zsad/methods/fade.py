@@ -99,7 +99,8 @@ def knn_distance(queries: torch.Tensor, memory: torch.Tensor, k: int, chunk: int
     out = []
     for start in range(0, queries.shape[0], chunk):
         sim = queries[start:start + chunk] @ memory.T
-        out.append((1.0 - sim.topk(k, dim=-1).values[:, k - 1]) / 2.0)
+        kth = sim.max(dim=-1).values if k == 1 else sim.topk(k, dim=-1).values[:, k - 1]
+        out.append((1.0 - kth) / 2.0)
     return torch.cat(out)
 
 
