@@ -93,6 +93,68 @@ sizes = "240,448,896"  # FADE's segmentation scales
     PROVENANCE,
 ]
 
+IMPORTS = "import matplotlib.pyplot as plt\nfrom IPython.display import Markdown\n\nimport zsad\n\n"
+
+NOTEBOOKS["t03_gem_vs_clip"] = [
+    md("# GEM vs CLIP patch embeddings\n\n"
+       "FADE's Tab. 3 compares the plain CLIP patch tokens with GEM's for language-guided zero-shot segmentation: with "
+       "real CLIP weights the plain tokens give a pAUROC *below 50 %* (normal and anomalous regions swap), GEM's far "
+       "above. The authors' conclusion asks for the same comparison everywhere; here it is for every component that "
+       "uses patch or CLS tokens: language AC and AS, vision-guided zero-shot AS (query self-memory) and vision-guided "
+       "k-shot AS (reference memory). Each row changes only the token stream, nothing else."),
+    params(RUN_PARAMS + '''shots = 1  # reference images of the k-shot vision rows
+sizes = "240,448,896"  # FADE's segmentation scales
+'''),
+    code(IMPORTS + f"res = zsad.run_settings(\"t03_gem_vs_clip\", zsad.gem_vs_clip_settings(shots), sizes=sizes, {RUN_KW})\n"
+         "summary = zsad.summarise(res[\"metrics\"])"),
+    WEIGHTS,
+    md("Language rows: AC from the CLS token, AS from the patch tokens of the named stream. Vision rows: the anomaly "
+       "map from nearest-neighbour distances between patch tokens of the named stream (AC is the map's maximum)."),
+    code('zsad.format_table(summary, metrics=("auroc", "pauroc", "pro", "pf1_max"))'),
+    md("**Reported in the paper** (FADE Tab. 3, language-guided zero-shot AS, real CLIP weights; pAUROC):"),
+    code('zsad.paper_reported().query("paper == \'fade2024\' and table == \'Tab. 3\'")'
+         '[["dataset", "variant", "metric", "value", "source"]]'),
+    PROVENANCE,
+]
+
+NOTEBOOKS["t05_scales"] = [
+    md("# Image scales\n\n"
+       "FADE's Tab. 8 (AC) and 9 (AS): each input scale alone (240, 448 and 896 px: 15x15, 28x28 and 56x56 patch grids) "
+       "and their combination (maps resized to the 56x56 grid and averaged), in the official fusion of language and "
+       "vision guidance at 0, 1, 2 and 4 shots. Language AC always uses the 240 px CLS token, so AC changes with the "
+       "scale only through the vision term of the few-shot rows."),
+    params(RUN_PARAMS + '''shots = "0,1,2,4"
+scales = "240;448;896;240,448,896"  # semicolon-separated scale sets
+'''),
+    code(IMPORTS + f"res = zsad.run_settings(\"t05_scales\", zsad.scale_settings(shots, scales), {RUN_KW})\n"
+         "summary = zsad.summarise(res[\"metrics\"])"),
+    WEIGHTS,
+    code('zsad.format_table(summary, metrics=("auroc", "pauroc", "pro"))'),
+    md("**Reported in the paper** (FADE Tab. 8: AUROC, Tab. 9: pAUROC; MVTec AD, real CLIP weights):"),
+    code('zsad.paper_reported().query("paper == \'fade2024\' and table in [\'Tab. 8\', \'Tab. 9\']")'
+         '.pivot_table(index=["dataset", "metric", "variant"], columns="setting", values="value")'),
+    PROVENANCE,
+]
+
+NOTEBOOKS["t07_tamura"] = [
+    md("# Tamura 2023: random words and a small network on CLIP text embeddings\n\n"
+       "Tamura trains a feed-forward network on CLIP *text* embeddings of prompts into which random words are "
+       "inserted, and applies it to image, window and patch embeddings, with no training image and no class name. The "
+       "rows compare it with WinCLIP zero-shot on the same backbone and images: the category-agnostic word "
+       "\"object\" against the class name, and 0 against several random words (the paper's central claim). The "
+       "choices the paper's summary leaves open (word source, insertion, network, training) are parameters of "
+       "`zsad.methods.tamura.TamuraConfig`, documented in its docstring."),
+    params(RUN_PARAMS + '''random_words = "0,3"  # numbers of inserted random words to compare
+'''),
+    code(IMPORTS + f"res = zsad.run_settings(\"t07_tamura\", zsad.tamura_settings(random_words), {RUN_KW})\n"
+         "summary = zsad.summarise(res[\"metrics\"])"),
+    WEIGHTS,
+    code('zsad.format_table(summary, metrics=("auroc", "aupr", "pauroc", "pro"))'),
+    md("**Reported in the paper:** the material available to this study (the paper's abstract and a summary) states "
+       "no numbers, so there is no paper column here; `results/paper_reported.csv` has no Tamura rows."),
+    PROVENANCE,
+]
+
 
 def write(name: str) -> Path:
     nb = nbf.v4.new_notebook()

@@ -32,6 +32,8 @@ _PUBLIC = {
     # tables of the study
     "run_grid": "zsad.tables", "run_settings": "zsad.tables", "summarise": "zsad.tables",
     "format_table": "zsad.tables", "paper_table": "zsad.tables", "weights_note": "zsad.tables",
+    "gem_vs_clip_settings": "zsad.tables", "scale_settings": "zsad.tables", "prompt_settings": "zsad.tables",
+    "tamura_settings": "zsad.tables", "cheung_settings": "zsad.tables",
     "shots_plot": "zsad.figures", "paper_reported": "zsad.paper",
     "FeatureCache": "zsad.cache",
     # where things are

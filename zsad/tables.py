@@ -119,3 +119,56 @@ def paper_table(metrics: pd.DataFrame, paper: str = "fade2024", methods=None,
     order = [m for m in metric_names if m in set(both.metric)]
     return wide.reorder_levels([1, 0], axis=1).reindex(columns=pd.MultiIndex.from_product(
         [order, ["ours", "reported in the paper"]])).fillna("–")
+
+
+def gem_vs_clip_settings(shots: int = 1) -> list[dict]:
+    """FADE's Tab. 3 (language-guided zero-shot AS with CLIP vs GEM patches) and the full grid its conclusion asks
+    for: the token stream of language AC and AS, of vision-guided zero-shot AS and of vision-guided k-shot AS."""
+    out = []
+    for stream in ("clip", "gem"):
+        out.append({"method": "fade", "shots": 0, "mode": "language", "variant": f"language {stream}",
+                    "options": {"language_stream": stream, "ac_stream": stream}})
+        out.append({"method": "fade", "shots": 0, "mode": "vision", "variant": f"vision {stream}",
+                    "options": {"vision_stream": stream}})
+        out.append({"method": "fade", "shots": shots, "mode": "vision", "variant": f"vision {stream}",
+                    "options": {"vision_stream": stream}})
+    return out
+
+
+def scale_settings(shots="0,1,2,4", scales="240;448;896;240,448,896") -> list[dict]:
+    """FADE's Tab. 8/9: single scales and their combination, for every shot count (official fusion)."""
+    out = []
+    for sizes in (s for s in scales.split(";") if s):
+        label = "multi-scale" if "," in sizes else f"{sizes} px"
+        out += [{"method": "fade", "shots": k, "sizes": sizes, "variant": label} for k in _ints(shots)]
+    return out
+
+
+def prompt_settings(prompt_files) -> list[dict]:
+    """FADE's Tab. 7: the segmentation ensemble as WinCLIP prompts only, LLM prompts only, and their union
+    (language-guided zero-shot, where the prompts matter most); ``prompt_files`` are the LLM ensembles."""
+    files = _names(prompt_files) if isinstance(prompt_files, str) else list(prompt_files)
+    base = {"method": "fade", "shots": 0, "mode": "language"}
+    out = [{**base, "variant": "winclip prompts"}]
+    for path in files:
+        name = Path(path).stem
+        out.append({**base, "variant": f"{name} only", "prompts": [path], "winclip_in_segmentation": False})
+        out.append({**base, "variant": f"winclip + {name}", "prompts": [path]})
+    return out
+
+
+def tamura_settings(random_words="0,3") -> list[dict]:
+    """Tamura 2023's comparison: WinCLIP zero-shot against the random-word FFN on the same backbone, with the
+    category-agnostic word "object" or the class name, and with 0 or several random words."""
+    out = [{"method": "winclip", "shots": 0, "variant": "class names"}]
+    for n in _ints(random_words):
+        out.append({"method": "tamura", "shots": 0, "variant": f"object, {n} random words",
+                    "options": {"n_random_words": n, "object_word": "object"}})
+    out.append({"method": "tamura", "shots": 0, "variant": "class names, " + f"{_ints(random_words)[-1]} random words",
+                "options": {"n_random_words": _ints(random_words)[-1], "object_word": "class"}})
+    return out
+
+
+def cheung_settings() -> list[dict]:
+    """Cheung et al.'s Tables II-V: the full method and its two ablation rows (zero-shot, image level)."""
+    return [{"method": m, "shots": 0} for m in ("cheung", "cheung_no_prompt_generation", "cheung_no_object_detection")]
