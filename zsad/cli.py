@@ -112,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.set_defaults(func=_cmd_eval)
     from zsad.cache import register as register_cache
+    from zsad.prompt_cli import register as register_prompts
 
     register_cache(sub)
+    register_prompts(sub)
     return parser
 
 
