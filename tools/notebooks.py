@@ -155,6 +155,51 @@ NOTEBOOKS["t07_tamura"] = [
     PROVENANCE,
 ]
 
+NOTEBOOKS["t04_prompts"] = [
+    md("# Prompt ensembles\n\n"
+       "FADE's Tab. 7: the text prototypes of language-guided segmentation from WinCLIP's compositional prompts "
+       "alone, or with an LLM-written ensemble of generic normal/abnormal object descriptions. FADE's ensemble came "
+       "from ChatGPT and cannot be regenerated; ours come from a seeded local model (Gemma 3 270M through llama.cpp, "
+       "`prompts/`, byte-reproducible with `zsad prompts check`), with five seeds so that the spread due to the LLM's "
+       "sampling is visible, the question the FADE authors leave open. Zero-shot, language guidance only, so that "
+       "nothing but the prompts changes between rows."),
+    params(RUN_PARAMS + '''prompt_files = "llm_generic_seed0,llm_generic_seed1,llm_generic_seed2,llm_generic_seed3,llm_generic_seed4"  # names in prompts/ or paths
+sizes = "240,448,896"
+'''),
+    code(IMPORTS + f"res = zsad.run_settings(\"t04_prompts\", zsad.prompt_settings(prompt_files), sizes=sizes, {RUN_KW})\n"
+         "summary = zsad.summarise(res[\"metrics\"])"),
+    WEIGHTS,
+    code('zsad.format_table(summary, metrics=("auroc", "pauroc", "pro", "pf1_max"))'),
+    md("The spread of pAUROC over the five LLM seeds, each alone and united with the WinCLIP prompts:"),
+    code('zsad.variant_plot(summary, "pauroc")\nplt.show()'),
+    md("**Reported in the paper** (FADE Tab. 7, language-guided zero-shot AS with GEM patches, ChatGPT ensemble, real "
+       "CLIP weights; pAUROC):"),
+    code('zsad.paper_reported().query("paper == \'fade2024\' and table == \'Tab. 7\'")[["dataset", "variant", "metric", "value"]]'),
+    PROVENANCE,
+]
+
+NOTEBOOKS["t06_cheung"] = [
+    md("# Cheung et al. 2024: LLM class prompts, Grounding DINO crops and CLIP\n\n"
+       "Zero-shot image-level detection (AC) from three models: class-specific prompts describing normal and defective "
+       "appearance (GPT-3 in the paper; here the seeded local LLM, `prompts/llm_class_*.json`), object boxes from "
+       "Grounding DINO queried with the class name, and CLIP matching the fused whole-image and crop embeddings to "
+       "the two prompt prototypes with the paper's ratio score (eq. 4). The ablation rows drop the generated prompts "
+       "(WinCLIP's ensemble instead) or the detector (whole image only); all three come from one detector pass. "
+       "Choices the paper leaves open are documented in `zsad.methods.cheung`."),
+    params(RUN_PARAMS.replace('datasets = "synthetic,magnetic_tile"  # comma-separated: synthetic, magnetic_tile, mvtec, visa, folder',
+                              'datasets = "magnetic_tile"  # the LLM class prompts cover magnetic_tile, mvtec and visa') + '''class_prompts = "llm_class_magnetic_tile"  # LLM class-prompt file (name in prompts/ or a path) for the dataset
+detector = ""  # Grounding DINO folder in Hugging Face format; empty = a small seeded RANDOM detector
+'''),
+    code(IMPORTS + f"res = zsad.run_settings(\"t06_cheung\", zsad.cheung_settings(), class_prompts=class_prompts, "
+         f"detector=detector or None, {RUN_KW})\n"
+         "summary = zsad.summarise(res[\"metrics\"])"),
+    WEIGHTS,
+    code('zsad.format_table(summary, metrics=("auroc", "aupr", "f1_max"))'),
+    md("**Reported in the paper** (Cheung et al. Tables II-V; MVTec AD and VisA; GPT-3 prompts, real weights):"),
+    code('zsad.paper_table(res["metrics"], "cheung2024", metric_names=("auroc", "aupr"))'),
+    PROVENANCE,
+]
+
 
 def write(name: str) -> Path:
     nb = nbf.v4.new_notebook()

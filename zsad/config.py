@@ -58,3 +58,14 @@ def display_path(path) -> str:
         return path.relative_to(PROJECT_ROOT).as_posix()
     except ValueError:
         return str(path)
+
+
+def prompt_path(name) -> Path:
+    """A prompt file given as a path, or by its name in ``prompts/`` (with or without ``.json``)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    for candidate in (PROMPTS_DIR / str(name), PROMPTS_DIR / f"{name}.json"):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(f"{name}: prompt file not found (as a path, or by name in {display_path(PROMPTS_DIR)}/)")

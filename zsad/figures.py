@@ -69,3 +69,24 @@ def shots_plot(summary, metrics=("auroc", "pauroc"), title: str | None = None):
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def variant_plot(summary, metric: str = "pauroc", title: str | None = None):
+    """Horizontal bars of one metric per (dataset, method, setting) row of :func:`zsad.tables.summarise` output,
+    with the std over seeds as error bars (for comparing variants of one setting)."""
+    data = summary[summary.metric == metric].sort_values(["dataset", "method", "shots", "setting"])
+    datasets = list(dict.fromkeys(data.dataset))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 0.35 * len(data) / len(datasets) + 1.4),
+                             squeeze=False, sharex=True)
+    for ax, dataset in zip(axes[0], datasets):
+        rows = data[data.dataset == dataset]
+        labels = [f"{m}: {s}" for m, s in zip(rows.method, rows.setting)]
+        ax.barh(range(len(rows)), rows["mean"], xerr=rows["std"], color="#4c72b0", capsize=2)
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set(xlim=(0, 1), title=f"{dataset}: {metric}")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -171,7 +171,8 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
     sizes = tuple(int(s) for s in (_names(sizes) if isinstance(sizes, str) else sizes))
     if not sizes or any(s <= 0 or s % 16 for s in sizes):
         raise ValueError(f"sizes must be positive multiples of the patch size 16, got {sizes}")
-    prompts = tuple(_names(prompts)) if isinstance(prompts, str) else tuple(prompts or ())
+    prompts = tuple(config.prompt_path(p) for p in (_names(prompts) if isinstance(prompts, str) else prompts or ()))
+    class_prompts = config.prompt_path(class_prompts) if class_prompts else None
     for path in prompts:
         read_prompt_file(path)  # fail early on a bad file
     if method == "fade" and not prompts and not winclip_in_segmentation:
