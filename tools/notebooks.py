@@ -200,6 +200,21 @@ detector = ""  # Grounding DINO folder in Hugging Face format; empty = a small s
     PROVENANCE,
 ]
 
+NOTEBOOKS["t08_gallery"] = [
+    md("# Anomaly-map gallery\n\n"
+       "What the maps look like: for each method and setting, the defective images it scores highest and lowest, and "
+       "the defect-free images it scores highest (false alarms), with the anomaly map overlaid (blue low, red high, "
+       "one colour scale per run) and the true defect outlined in white. Score above each image."),
+    params(RUN_PARAMS.replace('seeds = "0,1"', 'seeds = "0"') + '''settings = "fade:0,fade:1,winclip:0,winclip:1,patchcore:1"  # method:shots pairs
+per_group = 2  # images per group (top anomalous, lowest anomalous, top normal)
+'''),
+    code(IMPORTS + "chosen = [{\"method\": m, \"shots\": int(k)} for m, k in (s.split(\":\") for s in settings.split(\",\"))]\n"
+         f"res = zsad.run_settings(\"t08_gallery\", chosen, {RUN_KW})"),
+    WEIGHTS,
+    code("for path in res[\"paths\"]:\n    zsad.gallery(path, n=per_group)\n    plt.show()"),
+    PROVENANCE,
+]
+
 
 def write(name: str) -> Path:
     nb = nbf.v4.new_notebook()

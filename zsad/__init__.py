@@ -34,7 +34,7 @@ _PUBLIC = {
     "format_table": "zsad.tables", "paper_table": "zsad.tables", "weights_note": "zsad.tables",
     "gem_vs_clip_settings": "zsad.tables", "scale_settings": "zsad.tables", "prompt_settings": "zsad.tables",
     "tamura_settings": "zsad.tables", "cheung_settings": "zsad.tables",
-    "shots_plot": "zsad.figures", "variant_plot": "zsad.figures", "paper_reported": "zsad.paper",
+    "shots_plot": "zsad.figures", "variant_plot": "zsad.figures", "gallery": "zsad.figures", "paper_reported": "zsad.paper",
     "FeatureCache": "zsad.cache",
     # where things are
     "paths": "zsad.config",

@@ -90,3 +90,48 @@ def variant_plot(summary, metric: str = "pauroc", title: str | None = None):
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def gallery(run_dir, n: int = 2, size: int = 160):
+    """Best and worst test images of one run folder: the ``n`` anomalous images scored highest and lowest, and the
+    ``n`` normal images scored highest (false alarms), each with its anomaly map overlaid and the defect outlined.
+
+    Images are read from the dataset root recorded in the run's provenance (relative to the project root for the
+    embedded data).
+    """
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from zsad.config import PROJECT_ROOT
+    from zsad.results import read_predictions
+
+    run_dir = Path(run_dir)
+    pred = read_predictions(run_dir)
+    params = json.loads((run_dir / "provenance.json").read_text())["parameters"]
+    root = Path(params["root"])
+    root = root if root.is_absolute() else PROJECT_ROOT / root
+    labels, scores = pred["labels"], pred["scores"]
+    anomalous, normal = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    order_a = anomalous[np.argsort(-scores[anomalous], kind="stable")]
+    order_n = normal[np.argsort(-scores[normal], kind="stable")]
+    picks = [("top anomalous", i) for i in order_a[:n]] + [("lowest anomalous", i) for i in order_a[::-1][:n]] + \
+        [("top normal", i) for i in order_n[:n]]
+    fig, axes = plt.subplots(1, len(picks), figsize=(1.9 * len(picks), 2.4), squeeze=False)
+    vmax = float(np.max(pred["maps"])) or 1.0
+    for ax, (what, i) in zip(axes[0], picks):
+        image = np.asarray(load_image(root / pred["paths"][i]).resize((size, size), resample=3))
+        heat = np.asarray(pred["maps"][i], dtype=np.float32)
+        ax.imshow(image)
+        if heat.shape[-1] > 1:  # image-level methods store one value per image: nothing to overlay
+            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=vmax, extent=(0, size, size, 0))
+            mask = pred["masks"][i]
+            if mask.any():
+                ax.contour(np.linspace(0, size, mask.shape[1]), np.linspace(0, size, mask.shape[0]), mask,
+                           levels=[0.5], colors=["white"], linewidths=0.8)
+        ax.set_title(f"{what}\n{pred['classes'][i]} {scores[i]:.3f}", fontsize=7)
+        ax.axis("off")
+    fig.suptitle(f"{params['method']} {params['setting']} on {params['dataset']}", fontsize=9)
+    fig.tight_layout()
+    return fig
