@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 NOTEBOOKS := $(sort $(wildcard notebooks/t*.ipynb))
 
-.PHONY: help env test book notebooks data bench clean-cache
+.PHONY: help env test book notebooks data browser bench prompts-check clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,7 +29,12 @@ env: $(STAMP) ## create .venv and install the pinned environment (idempotent: se
 data: $(STAMP) ## generate the seeded synthetic dataset under data/synthetic (once)
 	@test -f data/synthetic/README.txt || $(PY) -m zsad data synth --out data/synthetic --seed 0
 
-test: $(STAMP) data ## run the whole test suite (unit tests and nbval on every notebook)
+browser: ## best effort: install Debian's Chromium for the book's browser test (root only; the test skips without it)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+	  echo "Chromium not installed: the browser check of the book will be skipped"
+
+test: $(STAMP) data browser ## run the whole test suite (unit tests, the book build, nbval on every notebook)
 	$(PY) -m pytest
 
 notebooks: $(STAMP) data ## execute every notebook in place with its default parameters (papermill)
@@ -44,6 +49,10 @@ book: notebooks ## set up, run the default study job, build the book offline, pr
 
 bench: $(STAMP) ## run the benchmarks by hand (minutes; figures go into README.md)
 	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_fade_speed.py
+
+prompts-check: $(STAMP) ## regenerate every committed prompt ensemble and fail if any byte differs (~30 min)
+	$(PY) -m zsad prompts check
 
 clean-cache: ## remove generated data and caches (results/ and prompts/ are kept)
 	rm -rf data/synthetic cache _build
