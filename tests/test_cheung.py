@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import zsad.prompts
+import zsad.methods.cheung_run
 from zsad.detector import (DetectorError, caption, clear_detection_cache, detect, detection_cache_size, load_detector,
                            small_vocab)
 from zsad.methods.cheung import (CheungConfig, cheung_scores, crop_boxes, eq4_scores, fuse, image_only_output,
@@ -275,7 +275,7 @@ def test_pipeline_on_synthetic(tiny_clip, small_detector, weave_test):
 def test_ablation_runs_the_detector_once_per_image(tiny_clip, weave_test, monkeypatch):
     from zsad.methods.cheung_run import CHEUNG_METHODS, cheung_ablation, cheung_class
 
-    monkeypatch.setattr(zsad.prompts, "read_class_prompts", lambda path, cls: {
+    monkeypatch.setattr(zsad.methods.cheung_run, "read_class_prompts", lambda path, cls: {
         "normal": [f"a flawless {cls} surface", f"a clean {cls}"],
         "abnormal": [f"a scratched {cls} surface", f"a {cls} with a stain", f"a torn {cls}"]}, raising=False)
     clear_detection_cache()
@@ -304,15 +304,12 @@ def test_ablation_runs_the_detector_once_per_image(tiny_clip, weave_test, monkey
     assert det.forward_calls == len(weave_test)
 
 
-def test_class_prompts_without_reader_fall_back_to_winclip(monkeypatch):
+def test_without_class_prompts_the_winclip_ensemble_is_used():
     from zsad.methods.cheung_run import class_prompts_for
 
-    monkeypatch.delattr(zsad.prompts, "read_class_prompts", raising=False)
-    prompts, source, note = class_prompts_for("metal_nut", "prompts/llm.json")
-    assert source == "winclip" and "read_class_prompts" in note
-    assert prompts["normal"][0] == "a cropped photo of the metal nut"
     prompts, source, note = class_prompts_for("metal_nut", None)
     assert source == "winclip" and note is None
+    assert prompts["normal"][0] == "a cropped photo of the metal nut"
 
 
 def test_class_prompts_from_a_class_prompt_file(tmp_path):

@@ -50,6 +50,7 @@ def test_k_shot_vision_finds_planted_defects_and_records_references(synth_root):
     (dict(options={"language_stream": "cls"}), "token stream"),
     (dict(winclip_in_segmentation=False), "segmentation ensemble is empty"),
     (dict(method="patchcore", shots=0), "k-shot baseline"),
+    (dict(method="cheung"), "needs class prompts"),
 ])
 def test_bad_input_fails_before_any_model_runs(synth_root, kw, msg, monkeypatch):
     import zsad.study
@@ -76,8 +77,14 @@ def test_subset_evenly_keeps_every_group():
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_cli_predict_every_method(method, synth_root, tmp_path, capsys):
+    extra = []
+    if method == "cheung":  # the full method needs LLM class prompts; a small file for the synthetic class
+        path = tmp_path / "class_prompts.json"
+        path.write_text(json.dumps({"classes": {"grain": {"normal": {"prompts": ["a smooth grain texture"]},
+                                                          "abnormal": {"prompts": ["a grain texture with a stain"]}}}}))
+        extra = ["--class-prompts", str(path)]
     assert main(["predict", "--method", method, "--shots", "1", "--dataset", "synthetic", "--root", str(synth_root),
-                 "--classes", "grain",
+                 *extra, "--classes", "grain",
                  "--model", "zsad-tiny-vit", "--sizes", "240", "--max-images", "6", "--n-boot", "0",
                  "--out", str(tmp_path / "run")]) == 0
     assert "run folder:" in capsys.readouterr().out

@@ -175,6 +175,10 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
     class_prompts = config.prompt_path(class_prompts) if class_prompts else None
     for path in prompts:
         read_prompt_file(path)  # fail early on a bad file
+    if method == "cheung" and not class_prompts:
+        raise ValueError("cheung (the full method) needs class prompts from the LLM: pass class_prompts / "
+                         "--class-prompts, e.g. prompts/llm_class_mvtec.json; cheung_no_prompt_generation is the "
+                         "row without them")
     if method == "fade" and not prompts and not winclip_in_segmentation:
         raise ValueError("the segmentation ensemble is empty: give prompt files or keep the WinCLIP prompts")
     kind, data_root = config.resolve_dataset(dataset, root)

@@ -11,8 +11,8 @@ The math lives in :mod:`zsad.methods.cheung` (pure functions); this module does 
 4. text embeddings: the renormalised mean of each prompt ensemble, prompts encoded as written (no FADE
    ``"a photo of a {}."`` wrapper). LLM prompts come from ``params["class_prompts"]`` (a class prompt file, read
    with ``zsad.prompts.read_class_prompts(path, cls)``); without it, WinCLIP's compositional ensemble, which is
-   the paper's "w/o prompt generation" row. If ``read_class_prompts`` does not exist yet, the WinCLIP ensemble is
-   used and ``info["prompt_note"]`` says so.
+   the paper's "w/o prompt generation" row (``zsad.study.predict`` refuses ``cheung`` without a prompt file, so
+   the full row is never silently the ablation row).
 
 Parameters read from ``params`` (all optional; the study's other keys are ignored):
 
@@ -43,7 +43,7 @@ from zsad.detector import LoadedDetector, caption, detect, load_detector
 from zsad.features import extract_tokens
 from zsad.methods.base import MethodOutput
 from zsad.methods.cheung import CheungConfig, cheung_scores, image_only_output, object_crops
-from zsad.prompts import winclip_prompts
+from zsad.prompts import read_class_prompts, winclip_prompts
 from zsad.text import encode_prompts, prototypes
 
 __all__ = ["cheung_class", "cheung_ablation", "config_from_params", "get_detector", "class_prompts_for",
@@ -86,12 +86,6 @@ def class_prompts_for(cls: str, class_prompts=None) -> tuple[dict[str, list[str]
     """``(prompts, source, note)``: the LLM prompts of ``cls`` from a class prompt file, else WinCLIP's ensemble."""
     if not class_prompts:
         return winclip_prompts(class_prompt_name(cls)), "winclip", None
-    try:
-        from zsad.prompts import read_class_prompts
-    except ImportError:
-        note = (f"zsad.prompts.read_class_prompts is not available: used the WinCLIP ensemble instead of "
-                f"{class_prompts}")
-        return winclip_prompts(class_prompt_name(cls)), "winclip", note
     prompts = read_class_prompts(class_prompts, cls)
     if not isinstance(prompts, dict) or not all(prompts.get(side) for side in ("normal", "abnormal")):
         raise ValueError(f"{class_prompts}: no normal and abnormal prompts for class {cls!r}")
