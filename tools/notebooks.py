@@ -72,7 +72,8 @@ NOTEBOOKS["t02_main_results"] = [
        "FADE's Tables 1 (anomaly classification, AC) and 4 (anomaly segmentation, AS): FADE in its official fusion "
        "of language and vision guidance, WinCLIP (0-shot) and WinCLIP+ (k-shot), and PatchCore (k-shot) on the same "
        "images, evaluated at 448 x 448 with one metrics module. Few-shot rows are the mean ± standard deviation over "
-       "reference draws (`seeds`)."),
+       "reference draws (`seeds`); a single run shows its 95 % bootstrap interval over test images in brackets "
+       "(class-mean pixel metrics carry none: a full pixel evaluation per resample costs minutes at MVTec scale)."),
     params(RUN_PARAMS + '''methods = "fade,winclip,patchcore"  # any of zsad.study.METHODS
 shots = "0,1,2,4"  # PatchCore skips 0
 sizes = "240,448,896"  # FADE's segmentation scales

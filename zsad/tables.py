@@ -76,11 +76,19 @@ def summarise(metrics: pd.DataFrame, *, level: str = "mean") -> pd.DataFrame:
 
 def format_table(summary: pd.DataFrame, metrics=("auroc", "aupr", "f1_max", "pauroc", "pro", "pf1_max"),
                  digits: int = 3) -> pd.DataFrame:
-    """A wide table of strings: one row per (dataset, method, setting), ``mean ± std`` over seeds per metric."""
+    """A wide table of strings, one row per (dataset, method, setting): ``mean ± std`` over few-shot seeds, or for a
+    single run the value with its 95 % bootstrap interval over test images, ``value [low, high]``."""
     present = [m for m in metrics if m in set(summary.metric)]
     cells = summary[summary.metric.isin(present)].copy()
-    cells["text"] = [f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if n > 1 else "")
-                     for m, s, n in zip(cells["mean"], cells["std"], cells["n_seeds"])]
+
+    def text(row) -> str:
+        if row.n_seeds > 1:
+            return f"{row['mean']:.{digits}f} ± {row['std']:.{digits}f}"
+        if pd.notna(row.ci_low):
+            return f"{row['mean']:.{digits}f} [{row.ci_low:.2f}, {row.ci_high:.2f}]"
+        return f"{row['mean']:.{digits}f}"
+
+    cells["text"] = cells.apply(text, axis=1)
     wide = cells.pivot_table(index=["dataset", "method", "shots", "setting"], columns="metric", values="text",
                              aggfunc="first")
     wide = wide.reindex(columns=present).droplevel("shots")
