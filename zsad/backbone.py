@@ -33,16 +33,10 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or made for another architecture."""
 
 
-@dataclass
-class LoadedModel:
-    """An open_clip model in eval mode with what provenance needs to know about its weights."""
+class WeightsInfo:
+    """What provenance says about a model's weights; needs ``name``, ``checkpoint``, ``sha256`` and ``seed``."""
 
-    model: torch.nn.Module
-    tokenizer: object
-    name: str  # open_clip architecture name
-    checkpoint: str | None  # absolute path of the weights file, None for random init
-    sha256: str  # checkpoint sha256, or "random"
-    seed: int  # seed of the random init (also used when a checkpoint is loaded, for any unset tensor)
+    random_note = "numbers test the pipeline, not CLIP"  # what random weights mean for this kind of model
 
     @property
     def is_random(self) -> bool:
@@ -52,12 +46,24 @@ class LoadedModel:
     def weights_label(self) -> str:
         """One line for tables and figures: what weights produced these numbers."""
         if self.is_random:
-            return f"RANDOM WEIGHTS ({self.name}, seed {self.seed}): numbers test the pipeline, not CLIP"
+            return f"RANDOM WEIGHTS ({self.name}, seed {self.seed}): {self.random_note}"
         return f"{self.name} from {Path(self.checkpoint).name} (sha256 {self.sha256[:12]})"
 
     def provenance(self) -> dict:
         return {"model": self.name, "checkpoint": self.checkpoint, "checkpoint_sha256": self.sha256,
                 "random_weights": self.is_random, "init_seed": self.seed}
+
+
+@dataclass
+class LoadedModel(WeightsInfo):
+    """An open_clip model in eval mode with what provenance needs to know about its weights."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # open_clip architecture name
+    checkpoint: str | None  # absolute path of the weights file, None for random init
+    sha256: str  # checkpoint sha256, or "random"
+    seed: int  # seed of the random init (also used when a checkpoint is loaded, for any unset tensor)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

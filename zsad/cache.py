@@ -48,10 +48,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
-from importlib import metadata as _metadata
 from pathlib import Path
 
 import torch
+
+from zsad.results import package_versions
 
 __all__ = ["FORMAT_VERSION", "KINDS", "CACHE_ENV", "CacheWarning", "FeatureCache", "Lookup", "cache_root",
            "model_identity", "unwrap_model", "encode_prompts_cached", "register"]
@@ -104,13 +105,7 @@ def code_fingerprint(kind: str) -> str:
 
 @lru_cache(maxsize=None)
 def software_versions() -> dict[str, str]:
-    out = {}
-    for name in _SOFTWARE:
-        try:
-            out[name] = _metadata.version(name)
-        except _metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return package_versions(_SOFTWARE)
 
 
 def unwrap_model(model) -> torch.nn.Module:

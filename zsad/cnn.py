@@ -50,7 +50,7 @@ from PIL import Image
 from torchvision import transforms
 from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ipywidgets
 
-from zsad.backbone import RANDOM, CheckpointError, _read_state_dict, file_sha256
+from zsad.backbone import RANDOM, CheckpointError, WeightsInfo, _read_state_dict, file_sha256
 from zsad.data import ImageRecord, load_image, to_rgb
 
 __all__ = [
@@ -80,7 +80,7 @@ _HASH_IN_NAME = re.compile(r"^wide_resnet50_2-([0-9a-f]{8,64})\.pth?$")
 
 
 @dataclass
-class LoadedCNN:
+class LoadedCNN(WeightsInfo):
     """A torchvision WideResNet-50-2 in eval mode with what provenance needs to know about its weights."""
 
     model: torch.nn.Module
@@ -89,20 +89,7 @@ class LoadedCNN:
     sha256: str  # checkpoint sha256, or "random"
     seed: int  # seed of the random init
 
-    @property
-    def is_random(self) -> bool:
-        return self.checkpoint is None
-
-    @property
-    def weights_label(self) -> str:
-        """One line for tables and figures: what weights produced these numbers."""
-        if self.is_random:
-            return f"RANDOM WEIGHTS ({self.name}, seed {self.seed}): numbers test the pipeline, not ImageNet features"
-        return f"{self.name} from {Path(self.checkpoint).name} (sha256 {self.sha256[:12]})"
-
-    def provenance(self) -> dict:
-        return {"model": self.name, "checkpoint": self.checkpoint, "checkpoint_sha256": self.sha256,
-                "random_weights": self.is_random, "init_seed": self.seed}
+    random_note = "numbers test the pipeline, not ImageNet features"
 
     @property
     def device(self) -> torch.device:
