@@ -53,6 +53,7 @@ def test_two_runs_give_identical_metrics_files(tmp_path):
     a = write_run(tmp_path / "a", _metrics(), _predictions(), _prov())
     b = write_run(tmp_path / "b", _metrics(), _predictions(), _prov())
     assert (a / "metrics.csv").read_bytes() == (b / "metrics.csv").read_bytes()
+    assert (a / "predictions.npz").read_bytes() == (b / "predictions.npz").read_bytes()
 
 
 def test_provenance_contents(tmp_path):

@@ -125,11 +125,14 @@ def _check_predictions(pred: dict) -> dict:
 
 
 def _write_npz(path: Path, arrays: dict) -> None:
-    """An .npz that ``np.load`` reads, deflated at level 1: float maps barely compress further at higher levels,
-    which cost several times the time."""
+    """An .npz that ``np.load`` reads, deflated at level 1 (float maps barely compress further at higher levels,
+    which cost several times the time), with fixed member timestamps so that equal arrays give equal bytes."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for name, array in arrays.items():
-            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info._compresslevel = 1  # ZipFile.open(ZipInfo) ignores the archive's level (Python 3.11 attribute)
+            with zf.open(info, "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
 
