@@ -32,9 +32,11 @@ max_images = 12  # test images per class (evenly spaced subset); 0 = all
 n_boot = 100  # bootstrap resamples for the confidence intervals
 results_dir = ""  # where run folders go; empty = results/
 progress = False  # tqdm bars per feature pass (off keeps the stored outputs free of timings)
+executor = "local"  # "ray": run the settings as Ray tasks ($RAY_ADDRESS or a local Ray); same results
 '''
 RUN_KW = ("datasets=datasets, roots=roots, seeds=seeds, model=model, checkpoint=checkpoint or None, "
-          "max_images=max_images or None, n_boot=n_boot, results_dir=results_dir or None, progress=progress")
+          "max_images=max_images or None, n_boot=n_boot, results_dir=results_dir or None, progress=progress, "
+          "executor=executor")
 
 NOTEBOOKS = {}
 
