@@ -23,3 +23,15 @@ def _private_feature_cache(tmp_path_factory):
         os.environ.pop("ZSAD_CACHE", None)
     else:
         os.environ["ZSAD_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models are thousands of tiny ops: intra-op threads only cost time (10-40x slower with 2 threads on a
+    busy 2-core machine). Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

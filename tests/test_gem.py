@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import perturb_norms
 from PIL import Image
 
 open_clip = pytest.importorskip("open_clip")
@@ -25,20 +26,9 @@ from open_clip.transformer import VisionTransformer  # noqa: E402
 # --------------------------------------------------------------------------------------------------- fixtures
 
 
-def _perturb_norms(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random LayerNorm affine parameters, so that every LN (ln_pre, ln_1, ln_2, ln_post) matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.LayerNorm):
-                mod.weight.copy_(1 + 0.3 * torch.randn(mod.weight.shape, generator=gen))
-                mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=gen))
-    return model
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    return _perturb_norms(load_model("zsad-tiny-vit", seed=0).model, seed=1)
+    return perturb_norms(load_model("zsad-tiny-vit", seed=0).model, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +250,7 @@ def test_layer_scale_tower_directly():
     torch.manual_seed(0)
     vit = VisionTransformer(image_size=64, patch_size=16, width=32, layers=3, heads=2, mlp_ratio=4.0,
                             ls_init_value=0.5, output_dim=16).eval()
-    _perturb_norms(vit, seed=4)
+    perturb_norms(vit, seed=4)
     with torch.no_grad():
         for blk in vit.transformer.resblocks:
             blk.ls_1.gamma.uniform_(0.2, 1.5)

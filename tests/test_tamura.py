@@ -32,13 +32,7 @@ from zsad.prompts import winclip_prompts  # noqa: E402
 from zsad.windows import WindowTokens, window_masks  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Thousands of tiny ops: intra-op threads only cost time on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import perturb_norms
 
 pytest.importorskip("open_clip")
 
@@ -29,30 +30,12 @@ from zsad.windows import (WindowTokens, encode_all, encode_windows, extract_wind
 # ---------------------------------------------------------------------------------------------------- fixtures
 
 
-def _perturb_norms(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random LayerNorm affine parameters, so that every LN (ln_pre, ln_1, ln_2, ln_post) matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.LayerNorm):
-                mod.weight.copy_(1 + 0.3 * torch.randn(mod.weight.shape, generator=gen))
-                mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=gen))
-    return model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model and the per-window reference are thousands of tiny ops: intra-op threads only cost time
-    (10-40x slower with 2 threads on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return _perturb_norms(load_model("zsad-tiny-vit", seed=0).model, seed=1)
+    return perturb_norms(load_model("zsad-tiny-vit", seed=0).model, seed=1)
 
 
 @pytest.fixture(scope="module")
