@@ -16,9 +16,10 @@ a canonical JSON document (stored in the entry itself and compared on every read
 - ``model``: :func:`model_identity`: architecture name + checkpoint sha256, or ``"random"`` + the init seed, and the
   parameter dtype;
 - ``input``: sha256 of the image file's bytes (:meth:`FeatureCache.digest`), or of the prompt list for ``text``;
-- ``params``: the preprocessing and feature parameters (size, mean/std, GEM depth, window scales/stride/patch
-  stream, CNN layers/dim, ...), filled in by the extraction function;
-- ``storage``: ``float32`` (default) or ``float16``;
+- ``params``: the preprocessing and feature parameters (size, mean/std, GEM depth, the compute dtype of the tokens
+  pass (``autocast``: null = float32, ``bf16``, ``fp16``), window scales/stride/patch stream, CNN layers/dim, ...),
+  filled in by the extraction function;
+- ``storage``: ``float32`` (default) or ``float16`` (how entries are stored; independent of the compute dtype);
 - ``code``: sha256 of the zsad source files whose code computes that kind (:data:`CODE_FILES`), so an edit of the
   GEM forward, the window forward, the CNN feature code or the preprocessing recomputes instead of serving features
   of the old code; and ``software``: the torch / torchvision / open_clip / Pillow versions (numerics and resizing).

@@ -3,6 +3,10 @@
 Every method reads its image features from here. Tokens are L2-normalised (FADE normalises every token of both
 streams before use; cosine similarities are then plain dot products). With a :class:`zsad.cache.FeatureCache` the
 tokens of an (image, size) are computed once per model and read back from disk afterwards.
+
+``autocast="bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA only) runs the image tower under ``torch.autocast`` (matmuls,
+convolution and attention in that dtype); the tokens are returned as float32 either way, and the setting is part of
+the cache key (:func:`token_params`), so autocast tokens never mix with float32 ones.
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ip
 from zsad.cache import FeatureCache, model_identity, unwrap_model
 from zsad.data import CLIP_MEAN, CLIP_STD, ImageRecord, load_image, preprocess
 from zsad.gem import DEFAULT_GEM_DEPTH, DEFAULT_SS_ATTN_ITER, encode_tokens
+
+#: ``autocast`` values of :func:`extract_tokens` and the dtype each runs the tower in (None: float32, no autocast).
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -35,16 +42,27 @@ class TokenSet:
         return len(self.relpaths)
 
 
-def token_params(size: int) -> dict:
+def token_params(size: int, autocast: str | None = None) -> dict:
     """The cache key parameters of one ``tokens`` entry (everything besides model and image that shapes it)."""
     return {"size": int(size), "preprocess": "clip_transform: square bicubic resize, ToTensor, Normalize",
             "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "streams": ["clip", "gem"], "normalise": "l2",
-            "gem_depth": DEFAULT_GEM_DEPTH, "ss_attn_iter": DEFAULT_SS_ATTN_ITER, "ss_attn_temp": None}
+            "gem_depth": DEFAULT_GEM_DEPTH, "ss_attn_iter": DEFAULT_SS_ATTN_ITER, "ss_attn_temp": None,
+            "autocast": autocast}
+
+
+def _check_autocast(autocast: str | None, device: torch.device) -> None:
+    if autocast is None:
+        return
+    if autocast not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
+    if autocast == "fp16" and device.type != "cuda":
+        raise ValueError(f"autocast='fp16' needs a CUDA model (this one is on {device.type}); use 'bf16' on CPU")
 
 
 @torch.inference_mode()
 def extract_tokens(model, records: Sequence[ImageRecord], sizes: Sequence[int], *, batch_size: int = 8,
-                   progress: bool = True, desc: str = "features", cache: FeatureCache | None = None) -> TokenSet:
+                   progress: bool = True, desc: str = "features", cache: FeatureCache | None = None,
+                   autocast: str | None = None) -> TokenSet:
     """Run the image tower once per (image, size); both token streams come from the same pass.
 
     ``model`` is a :class:`zsad.backbone.LoadedModel` (or its ``.model``). With a :class:`zsad.cache.FeatureCache`
@@ -52,14 +70,20 @@ def extract_tokens(model, records: Sequence[ImageRecord], sizes: Sequence[int], 
     the model runs only on the misses, batched as without a cache, and the result is the same TokenSet (bit-identical
     with float32 storage). A bare module as ``model`` works with a cache too, but is identified by hashing all its
     weights on every call.
+
+    ``autocast``: None (default, float32), ``"bf16"`` or ``"fp16"`` (CUDA only): the tower runs under
+    ``torch.autocast`` in that dtype; tokens come back as float32 (normalised after the cast) and are cached under
+    their own key.
     """
     module = unwrap_model(model)
+    _check_autocast(autocast, next(module.parameters()).device)
     if cache is None or not records:
-        return _extract(module, records, sizes, batch_size, progress, desc)
+        return _extract(module, records, sizes, batch_size, progress, desc, autocast)
     unique = sorted(set(int(s) for s in sizes))
     ident = model_identity(model)
     digests = [cache.digest(r) for r in records]
-    lookups = {s: cache.lookup("tokens", ident, token_params(s), records, expect=("clip", "gem"), digests=digests)
+    lookups = {s: cache.lookup("tokens", ident, token_params(s, autocast), records, expect=("clip", "gem"),
+                               digests=digests)
                for s in unique}
     # sizes that miss the same images are computed in one call (each image is read once for all of them)
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -67,7 +91,7 @@ def extract_tokens(model, records: Sequence[ImageRecord], sizes: Sequence[int], 
         if lookups[s].missing:
             groups.setdefault(tuple(lookups[s].missing), []).append(s)
     for missing, group in groups.items():
-        fresh = _extract(module, [records[i] for i in missing], group, batch_size, progress, desc)
+        fresh = _extract(module, [records[i] for i in missing], group, batch_size, progress, desc, autocast)
         for s in group:
             for j, i in enumerate(missing):
                 lookups[s].store(i, {"clip": fresh.clip[s][j], "gem": fresh.gem[s][j]})
@@ -79,7 +103,7 @@ def extract_tokens(model, records: Sequence[ImageRecord], sizes: Sequence[int], 
 
 
 def _extract(model, records: Sequence[ImageRecord], sizes: Sequence[int], batch_size: int, progress: bool,
-             desc: str) -> TokenSet:
+             desc: str, autocast: str | None = None) -> TokenSet:
     """The uncached pass: all images of ``records`` at every size."""
     device = next(model.parameters()).device
     out = TokenSet([r.relpath for r in records])
@@ -89,7 +113,11 @@ def _extract(model, records: Sequence[ImageRecord], sizes: Sequence[int], batch_
     gem_parts: dict[int, list] = {s: [] for s in sizes}
     for size, start in tqdm(steps, desc=desc, disable=not progress, leave=False):
         pixels = torch.stack([preprocess(im, size) for im in images[start:start + batch_size]]).to(device)
-        clip, gem = encode_tokens(model, pixels)
+        if autocast is None:
+            clip, gem = encode_tokens(model, pixels)
+        else:
+            with torch.autocast(device.type, dtype=AUTOCAST_DTYPES[autocast]):
+                clip, gem = encode_tokens(model, pixels)
         clip_parts[size].append(F.normalize(clip.float(), dim=-1).cpu())
         gem_parts[size].append(F.normalize(gem.float(), dim=-1).cpu())
     for size in sorted(set(sizes)):
