@@ -114,7 +114,8 @@ def _versions() -> dict:
     return out
 
 
-def run_side(side: str, size: int, inputs: dict, work: Path, threads: int, profile: bool) -> None:
+def run_side(side: str, size: int, inputs: dict, work: Path, threads: int, profile: bool,
+             zsad_batch: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -143,7 +144,12 @@ def run_side(side: str, size: int, inputs: dict, work: Path, threads: int, profi
 
     pixels = torch.load(inputs["pixels"][str(size)])
     warm, timed = pixels[:1], pixels[1:]
-    batches = [timed] if side == "zsad" else [timed[i:i + 1] for i in range(len(timed))]
+    if side == "zsad":
+        n = zsad_batch or len(timed)  # a batch larger than the timed images repeats them (memory of a real batch)
+        batches = [timed.repeat((n + len(timed) - 1) // len(timed), 1, 1, 1)[:n]]
+    else:
+        batches = [timed[i:i + 1] for i in range(len(timed))]
+    n_timed = sum(len(b) for b in batches)
     gc.collect()
     rss_loaded_kb = _status_kb("VmRSS")
     reset_ok = _reset_peak()
@@ -161,9 +167,9 @@ def run_side(side: str, size: int, inputs: dict, work: Path, threads: int, profi
             del clip, gem
     peak_kb = _status_kb("VmHWM")
     report = {"side": side, "size": size, "versions": _versions(), "threads": torch.get_num_threads(),
-              "images": len(timed), "batch": len(batches[0]), "load_s": round(load_s, 2),
+              "images": n_timed, "batch": len(batches[0]), "load_s": round(load_s, 2),
               "warmup_s": round(warm_s, 3), "batch_seconds": [round(s, 3) for s in seconds],
-              "s_per_image": round(sum(seconds) / len(timed), 4),
+              "s_per_image": round(sum(seconds) / n_timed, 4),
               "rss_loaded_gb": round(rss_loaded_kb / 2**20, 3),
               "peak_forward_gb": round(peak_kb / 2**20, 3) if reset_ok else None,
               "peak_forward_over_loaded_gb": round((peak_kb - rss_loaded_kb) / 2**20, 3) if reset_ok else None,
@@ -186,9 +192,12 @@ def _profile(forward, grad_off, px, rows: int = 25) -> str:
 # ----------------------------------------------------------------------------------------------- parent
 
 
-def _call(python: str, side: str, size: int, inputs_file: Path, work: Path, threads: int, profile: bool) -> dict:
+def _call(python: str, side: str, size: int, inputs_file: Path, work: Path, threads: int, profile: bool,
+          zsad_batch: int | None) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--side", side, "--size", str(size), "--inputs", str(inputs_file),
            "--work", str(work), "--threads", str(threads)] + (["--profile"] if profile else [])
+    if zsad_batch and side == "zsad":
+        cmd += ["--zsad-batch", str(zsad_batch)]
     env = dict(os.environ, PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/tmp")
@@ -208,6 +217,8 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[240, 448, 896])
     ap.add_argument("--images", type=int, default=3, help="timed images per size (plus one warm-up image)")
     ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {','.join(SIDES)}")
+    ap.add_argument("--zsad-batch", type=int, help="batch of the zsad side (default: --images); larger values "
+                    "repeat the timed images, e.g. 8 = extract_tokens' default batch_size")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="/tmp/bench-vs-official", help="scratch folder (checkpoint kept between runs)")
@@ -221,7 +232,8 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     if args.side:  # child process
-        run_side(args.side, args.size, json.loads(Path(args.inputs).read_text()), work, args.threads, args.profile)
+        run_side(args.side, args.size, json.loads(Path(args.inputs).read_text()), work, args.threads, args.profile,
+                 args.zsad_batch)
         return
 
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
@@ -242,7 +254,8 @@ def main(argv=None) -> None:
         runs[str(size)] = {}
         for side in sides:  # official first, then zsad, then zsad_b1: one process at a time
             python = args.ref_python if side == "official" else sys.executable
-            runs[str(size)][side] = _call(python, side, size, inputs_file, work, args.threads, args.profile)
+            runs[str(size)][side] = _call(python, side, size, inputs_file, work, args.threads, args.profile,
+                                          args.zsad_batch)
         ref = torch.load(work / f"tokens_official_{size}.pt")
         off = runs[str(size)]["official"]
         row = {}
@@ -274,6 +287,7 @@ def main(argv=None) -> None:
     result = {
         "model": MODEL, "weights": f"random init (zsad load_model seed {args.seed}), one .pt file for every side",
         "images": f"{args.images} timed + 1 warm-up per size, seeded smooth random images (CLIP-normalised)",
+        "zsad_batch": args.zsad_batch or args.images,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "threads": args.threads, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "runs": runs, "ratios_vs_official": summary, "targets_896": targets,
