@@ -35,3 +35,20 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny random ViT with random LayerNorm affines (so every LN matters), for reference comparisons."""
+    from helpers import perturb_norms
+    from zsad.backbone import load_model
+
+    return perturb_norms(load_model("zsad-tiny-vit", seed=0).model, seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny64(tiny):
+    """``tiny`` in float64, for slow references written from the formulas."""
+    import copy
+
+    return copy.deepcopy(tiny).double()

@@ -26,16 +26,6 @@ from open_clip.transformer import VisionTransformer  # noqa: E402
 # --------------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return perturb_norms(load_model("zsad-tiny-vit", seed=0).model, seed=1)
-
-
-@pytest.fixture(scope="module")
-def tiny64(tiny):
-    return copy.deepcopy(tiny).double()
-
-
 def _pixels(b: int, size: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(b, 3, size, size, generator=gen)

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import perturb_norms
 
 pytest.importorskip("open_clip")
 
@@ -31,16 +30,6 @@ from zsad.windows import (WindowTokens, encode_all, encode_windows, extract_wind
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return perturb_norms(load_model("zsad-tiny-vit", seed=0).model, seed=1)
-
-
-@pytest.fixture(scope="module")
-def tiny64(tiny):
-    return copy.deepcopy(tiny).double()
 
 
 def _pixels(b: int, size: int = 240, seed: int = 0) -> torch.Tensor:
