@@ -47,7 +47,7 @@ book: notebooks ## set up, run the default study job, build the book offline, pr
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
-bench: $(STAMP) ## run the benchmarks by hand (minutes; figures go into README.md)
+bench: $(STAMP) ## run the quick benchmarks by hand (minutes; figures go into benchmarks/README.md)
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_fade_speed.py
 

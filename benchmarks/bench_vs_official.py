@@ -42,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 
+from side_versions import versions  # benchmarks/ is on sys.path when a script runs
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "ViT-B-16-plus-240"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -102,18 +104,6 @@ def _reset_peak() -> bool:
         return False
 
 
-def _versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": sys.version.split()[0]}
-    for dist in ("torch", "open_clip_torch", "gem-torch"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def run_side(side: str, size: int, inputs: dict, work: Path, threads: int, profile: bool,
              zsad_batch: int | None = None) -> None:
     import torch
@@ -166,7 +156,7 @@ def run_side(side: str, size: int, inputs: dict, work: Path, threads: int, profi
                 first = {"clip": clip[:1].float().clone(), "gem": gem[:1].float().clone()}
             del clip, gem
     peak_kb = _status_kb("VmHWM")
-    report = {"side": side, "size": size, "versions": _versions(), "threads": torch.get_num_threads(),
+    report = {"side": side, "size": size, "versions": versions(), "threads": torch.get_num_threads(),
               "images": n_timed, "batch": len(batches[0]), "load_s": round(load_s, 2),
               "warmup_s": round(warm_s, 3), "batch_seconds": [round(s, 3) for s in seconds],
               "s_per_image": round(sum(seconds) / n_timed, 4),

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from side_versions import versions  # benchmarks/ is on sys.path when a script runs
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "ViT-B-16-plus-240"
 DEFAULT_TRAPS = [("oc2.29.0", "/tmp/gemtrap229-venv/bin/python"), ("oc3.3.0", "/tmp/gemtrap-venv/bin/python")]
@@ -72,18 +74,6 @@ def make_inputs(work: Path, sizes: list[int], n_images: int, n_large: int, large
 # ------------------------------------------------------------------------------------------------- sides
 
 
-def _versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": sys.version.split()[0]}
-    for dist in ("torch", "open_clip_torch", "gem-torch"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def run_side(side: str, inputs: dict, work: Path) -> None:
     import torch
 
@@ -117,7 +107,7 @@ def run_side(side: str, inputs: dict, work: Path) -> None:
             gem, clip = wrapper.model.visual(px)  # GEM's patched forward returns [gem, clip]
             return clip, gem
 
-    report = {"versions": _versions(), "seconds": {}}
+    report = {"versions": versions(), "seconds": {}}
     if side != "zsad":
         report["create_gem_model"] = "ok" if factory_error is None else f"failed, wrapped by hand ({factory_error})"
     for size, path in inputs["pixels"].items():

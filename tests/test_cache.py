@@ -220,8 +220,12 @@ def test_text_embeddings_are_cached_by_model_and_prompt_content(tiny, tmp_path, 
     assert torch.equal(encode_prompts_cached(tiny, prompts, cache=cache), direct) and calls == [1]
     raw = encode_prompts_cached(tiny, prompts, cache=cache, wrapper=None, normalise=False)
     assert torch.equal(raw, real(tiny.model, tiny.tokenizer, prompts, wrapper=None, normalise=False))
-    encode_prompts_cached(tiny, prompts[:1], cache=cache)
-    assert calls == [1, 1, 1] and cache.info()["kinds"]["text"]["entries"] == 3
+    # one entry per (prompt, wrapper, normalise): 2 + 2 so far; a list of known and new prompts encodes only the new
+    assert calls == [1, 1] and cache.info()["kinds"]["text"]["entries"] == 4
+    mixed = prompts[:1] + ["a photo of a scratched object"] + prompts[:1]
+    out = encode_prompts_cached(tiny, mixed, cache=cache)
+    assert calls == [1, 1, 1] and cache.info()["kinds"]["text"]["entries"] == 5
+    assert torch.allclose(out, real(tiny.model, tiny.tokenizer, mixed), atol=1e-6) and torch.equal(out[0], out[2])
 
 
 # ---------------------------------------------------------------------------------- corruption, concurrency

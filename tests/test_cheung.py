@@ -324,3 +324,20 @@ def test_class_prompts_from_a_class_prompt_file(tmp_path):
     assert source == f"llm:{path}" and note is None
     with pytest.raises(ValueError, match="weave"):
         class_prompts_for("weave", path)
+
+
+def test_crop_and_text_embeddings_go_through_the_cache(tiny_clip, small_detector, weave_test, tmp_path):
+    from zsad.cache import FeatureCache
+    from zsad.methods.cheung_run import cheung_class
+
+    params = {**PARAMS, "detector": small_detector}
+    plain = cheung_class(tiny_clip, "weave", weave_test, [], params, progress=False)
+    cold_cache = FeatureCache(tmp_path)
+    cold = cheung_class(tiny_clip, "weave", weave_test, [], {**params, "cache": cold_cache}, progress=False)
+    warm_cache = FeatureCache(tmp_path)
+    warm = cheung_class(tiny_clip, "weave", weave_test, [], {**params, "cache": warm_cache}, progress=False)
+    assert np.array_equal(cold.scores, plain.scores) and np.array_equal(warm.scores, plain.scores)
+    n_crops = sum(len(c) for c in plain.info["crops"] if c != [[0, 0, 128, 128]])
+    assert cold_cache.stats["crops"]["stored"] >= 1 and warm_cache.stats["crops"]["stored"] == 0
+    assert warm_cache.stats["crops"]["hits"] == cold_cache.stats["crops"]["stored"] <= n_crops
+    assert warm_cache.stats["text"]["hits"] > 0 and warm_cache.stats["text"]["misses"] == 0

@@ -47,3 +47,17 @@ def test_eval_recomputes_metrics(tmp_path, capsys):
 def test_eval_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", "--predictions", str(tmp_path / "none.npz")]) == 2
     assert "none.npz: predictions file not found" in capsys.readouterr().err
+
+
+def test_grid_runs_a_table_and_refuses_other_tables_parameters(synth_root, tmp_path, capsys):
+    common = ["--datasets", "synthetic", "--roots", str(synth_root), "--model", "zsad-tiny-vit", "--max-images", "4",
+              "--n-boot", "0", "--results-dir", str(tmp_path), "--no-progress"]
+    assert main(["grid", "tamura", *common, "--random-words", "0"]) == 0
+    out = capsys.readouterr().out
+    # tamura_settings("0"): WinCLIP with class names, the FFN with "object" and 0 words, and with class names
+    assert "RANDOM WEIGHTS" in out and "3 run folders" in out
+    assert sorted(p.name for p in (tmp_path / "t07_tamura" / "synthetic").iterdir()) == [
+        "tamura_0shot_class-names--0-random-words_seed0", "tamura_0shot_object--0-random-words_seed0",
+        "winclip_0shot_class-names_seed0"]
+    assert main(["grid", "tamura", *common, "--shots", "1"]) == 2
+    assert "table 'tamura' has no parameter shots; its parameters: random_words" in capsys.readouterr().err

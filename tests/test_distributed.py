@@ -31,3 +31,20 @@ def test_ray_runs_equal_in_process_runs(synth_root, tmp_path, local_ray):
 def test_unknown_executor():
     with pytest.raises(ValueError, match="unknown executor 'dask'"):
         run_settings("t", SETTINGS, executor="dask", **COMMON)
+
+
+def test_cli_grid_on_ray_equals_in_process(synth_root, tmp_path, local_ray, capsys):
+    from zsad.cli import main
+    from zsad.tables import run_grid
+
+    args = ["--datasets", "synthetic", "--roots", str(synth_root), "--seeds", "0", "--model", "zsad-tiny-vit",
+            "--sizes", "240", "--max-images", "6", "--n-boot", "20", "--methods", "fade,patchcore", "--shots", "0,1",
+            "--no-progress"]
+    assert main(["grid", "main", *args, "--executor", "ray", "--results-dir", str(tmp_path / "ray")]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOM WEIGHTS" in out and "3 run folders" in out  # fade 0/1-shot, patchcore 1-shot (no 0-shot)
+    local = run_grid("t02_main", methods="fade,patchcore", shots="0,1", roots=str(synth_root),
+                     results_dir=tmp_path / "local", **COMMON)
+    for path in local["paths"]:
+        twin = tmp_path / "ray" / path.relative_to(tmp_path / "local")
+        assert (twin / "metrics.csv").read_bytes() == (path / "metrics.csv").read_bytes()

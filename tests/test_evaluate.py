@@ -28,7 +28,7 @@ def test_metrics_table_per_class_and_mean():
     assert row_a.ci_low <= 0.75 <= row_a.ci_high
     mean_rows = t[t["class"] == "mean"].set_index("metric")
     assert mean_rows.loc["auroc", "ci_low"] <= 0.875 <= mean_rows.loc["auroc", "ci_high"] <= 1.0
-    assert np.isnan(mean_rows.loc["pro", "ci_low"])  # no interval for class-mean pixel metrics
+    assert mean_rows.loc["pro", "ci_low"] == mean_rows.loc["pro", "ci_high"] == 1.0  # maps equal the masks
     assert set(t.metric) == {"auroc", "aupr", "ap", "f1_max", "pauroc", "pf1_max", "pro"}
 
 

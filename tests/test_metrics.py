@@ -439,6 +439,33 @@ def test_pixel_ci_uint8_equals_generic_bootstrap():
         assert quantised[k] == pytest.approx(fast[k], abs=1e-12)
 
 
+def test_class_mean_pixel_ci_equals_brute_force_bootstrap():
+    # two classes of uint8 maps (exact codes): the fast interval equals resampling all images at once and averaging
+    # every class's pixel_metrics over its own resampled images, redrawing resamples where a class lacks a label
+    parts = {"a": random_pixels(3, n=5, h=8, w=8, levels=20, dtype=np.uint8),
+             "b": random_pixels(4, n=4, h=8, w=8, levels=20, dtype=np.uint8)}
+    owner = np.repeat([0, 1], [5, 4])
+    masks = np.concatenate([parts["a"][0], parts["b"][0]])
+    maps = np.concatenate([parts["a"][1], parts["b"][1]])
+
+    def mean_of_classes(own, m, s):
+        per_class = []
+        for c in (0, 1):
+            if not (own == c).any():
+                raise OneClassError("class absent")
+            per_class.append(M.pixel_metrics(m[own == c], s[own == c]))
+        return {k: float(np.mean([p[k] for p in per_class])) for k in per_class[0]}
+
+    slow = M.bootstrap_ci(mean_of_classes, owner, masks, maps, n_boot=40, seed=2)
+    fast = M.class_mean_pixel_metrics_ci({c: M.pixel_histograms(*parts[c]) for c in parts}, n_boot=40, seed=2)
+    assert set(fast) == {"pauroc", "pf1_max", "pro"}
+    for k in fast:
+        assert fast[k] == pytest.approx(slow[k], abs=1e-12)
+    # one class alone: the class-mean interval is that class's own interval
+    alone = M.class_mean_pixel_metrics_ci({"a": M.pixel_histograms(*parts["a"])}, n_boot=40, seed=2)
+    assert alone == M.pixel_metrics_ci(*parts["a"], n_boot=40, seed=2)
+
+
 def test_pixel_ci_float_quantised_contains_point():
     masks, maps = random_pixels(4, n=20, h=32, w=32)
     ci = M.pixel_metrics_ci(masks, maps, n_boot=200, seed=0, n_bins=256)

@@ -87,7 +87,8 @@ def test_cli_predict_every_method(method, synth_root, tmp_path, capsys):
                  *extra, "--classes", "grain",
                  "--model", "zsad-tiny-vit", "--sizes", "240", "--max-images", "6", "--n-boot", "0",
                  "--out", str(tmp_path / "run")]) == 0
-    assert "run folder:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "run folder:" in out and "RANDOM WEIGHTS" in out
     prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
     assert prov["parameters"]["method"] == method and len(prov["few_shot_references"]["grain"]) == 1
     pred = np.load(tmp_path / "run" / "predictions.npz")
@@ -95,3 +96,56 @@ def test_cli_predict_every_method(method, synth_root, tmp_path, capsys):
     assert pred["maps"].shape == ((6, 1, 1) if image_only else (6, 448, 448)) and np.isfinite(pred["scores"]).all()
     metrics = open(tmp_path / "run" / "metrics.csv").read()
     assert ("pauroc" in metrics) != image_only
+
+
+@pytest.mark.parametrize("method", ["fade", "winclip", "patchcore", "tamura", "cheung_no_prompt_generation"])
+def test_autocast_reaches_every_image_tower_and_is_cached_apart(method, synth_root, tmp_path):
+    from zsad.cache import FeatureCache
+
+    cache = FeatureCache(tmp_path / "cache")
+    args = dict(classes="grain", shots=1, max_images=6, sizes=(240,), model="zsad-tiny-vit", n_boot=0, progress=False)
+    bf16 = predict(method, "synthetic", synth_root, cache=cache, autocast="bf16", **args)
+    fp32_after = predict(method, "synthetic", synth_root, cache=cache, **args)  # bf16 entries must not be served
+    fp32 = predict(method, "synthetic", synth_root, cache=False, **args)
+    assert bf16["provenance"]["parameters"]["autocast"] == "bf16"
+    assert fp32["provenance"]["parameters"]["autocast"] is None
+    for key in ("scores", "maps"):
+        assert np.array_equal(fp32_after["predictions"][key], fp32["predictions"][key])
+    s16, s32 = bf16["predictions"]["scores"], fp32["predictions"]["scores"]
+    # bf16 rounds every matmul: the scores move (so the tower did run in bf16), but only a little
+    assert not np.array_equal(s16, s32)
+    assert np.abs(s16 - s32).max() <= 0.05 * max(np.ptp(s32), 1e-3) + 1e-3
+
+
+def test_autocast_is_checked_before_any_model_runs(synth_root):
+    with pytest.raises(ValueError, match="autocast must be None, 'bf16' or 'fp16', got 'half'"):
+        predict("fade", "synthetic", synth_root, autocast="half", **TINY)
+    with pytest.raises(ValueError, match="autocast='fp16' needs a CUDA model"):
+        predict("fade", "synthetic", synth_root, autocast="fp16", **TINY)
+
+
+def test_fade_patch_distances_are_cached_per_image_and_reference_set(synth_root, tmp_path):
+    from zsad.cache import FeatureCache
+
+    args = dict(classes="weave", max_images=6, mode="both", model="zsad-tiny-vit", sizes=(240, 448), n_boot=0,
+                progress=False)
+    for shots, seed in ((0, 0), (1, 0), (1, 1)):
+        plain = predict("fade", "synthetic", synth_root, shots=shots, seed=seed, cache=False, **args)
+        cache = FeatureCache(tmp_path / "cache")
+        cold = predict("fade", "synthetic", synth_root, shots=shots, seed=seed, cache=cache, **args)
+        warm_cache = FeatureCache(tmp_path / "cache")
+        warm = predict("fade", "synthetic", synth_root, shots=shots, seed=seed, cache=warm_cache, **args)
+        for key in ("scores", "maps"):
+            assert np.array_equal(cold["predictions"][key], plain["predictions"][key])
+            assert np.array_equal(warm["predictions"][key], plain["predictions"][key])
+        # the warm run read every (image, size) distance row back instead of recomputing it
+        assert warm_cache.stats["knn"]["hits"] == 6 * 2 and warm_cache.stats["knn"]["stored"] == 0
+    # three memories (self, seed 0's reference, seed 1's reference) x 6 images x 2 sizes, none shared
+    assert len(list((tmp_path / "cache" / "knn").rglob("*.safetensors"))) == 3 * 6 * 2
+
+
+def test_patchcore_reads_its_checkpoint_from_the_environment(synth_root, tmp_path, monkeypatch):
+    # $ZSAD_CNN_CHECKPOINT is the default of predict (and so of every notebook), as $ZSAD_CHECKPOINT is for CLIP
+    monkeypatch.setenv("ZSAD_CNN_CHECKPOINT", str(tmp_path / "wrn50_missing.pth"))
+    with pytest.raises(ValueError, match="wrn50_missing.pth"):
+        predict("patchcore", "synthetic", synth_root, shots=1, **TINY)

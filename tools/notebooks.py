@@ -24,19 +24,20 @@ PROVENANCE = code(
 WEIGHTS = code("Markdown(zsad.weights_note(res[\"provenance\"]))")
 RUN_PARAMS = '''
 datasets = "synthetic,magnetic_tile"  # comma-separated: synthetic, magnetic_tile, mvtec, visa, folder
-roots = ""  # comma-separated roots in the same order; empty = embedded data or $ZSAD_MVTEC_ROOT / $ZSAD_VISA_ROOT
+roots = ""  # comma-separated roots in the same order; empty: embedded data or $ZSAD_MVTEC_ROOT / $ZSAD_VISA_ROOT
 seeds = "0,1"  # few-shot reference draws; tables show mean ± std over them
 model = "zsad-tiny-vit"  # open_clip architecture; the papers use ViT-B-16-plus-240
-checkpoint = ""  # local open_clip checkpoint; empty = $ZSAD_CHECKPOINT, or seeded RANDOM WEIGHTS
-max_images = 12  # test images per class (evenly spaced subset); 0 = all
+checkpoint = ""  # local open_clip checkpoint; empty: $ZSAD_CHECKPOINT, or seeded RANDOM WEIGHTS
+max_images = 12  # test images per class (evenly spaced subset); 0: all
 n_boot = 100  # bootstrap resamples for the confidence intervals
-results_dir = ""  # where run folders go; empty = results/
+results_dir = ""  # where run folders go; empty: results/
 progress = False  # tqdm bars per feature pass (off keeps the stored outputs free of timings)
 executor = "local"  # "ray": run the settings as Ray tasks ($RAY_ADDRESS or a local Ray); same results
+autocast = ""  # "bf16" (CPU/GPU) or "fp16" (GPU): image towers under torch.autocast; empty: float32
 '''
 RUN_KW = ("datasets=datasets, roots=roots, seeds=seeds, model=model, checkpoint=checkpoint or None, "
           "max_images=max_images or None, n_boot=n_boot, results_dir=results_dir or None, progress=progress, "
-          "executor=executor")
+          "executor=executor, autocast=autocast or None")
 
 NOTEBOOKS = {}
 
@@ -47,7 +48,7 @@ NOTEBOOKS["t01_data"] = [
        "2020). MVTec AD and VisA load from their published layouts when you point at them (see {doc}`../book/rerun`)."),
     params('''
 datasets = "synthetic,magnetic_tile"  # comma-separated: synthetic, magnetic_tile, mvtec, visa, folder
-roots = ""  # comma-separated roots in the same order; empty = the embedded or configured default
+roots = ""  # comma-separated roots in the same order; empty: the embedded or configured default
 examples_per_defect = 1  # test images shown per class and defect type
 image_size = 160  # display size in pixels (images are squashed to squares, as the methods see them)
 '''),
@@ -191,7 +192,7 @@ NOTEBOOKS["t06_cheung"] = [
        "Choices the paper leaves open are documented in `zsad.methods.cheung`."),
     params(RUN_PARAMS.replace('datasets = "synthetic,magnetic_tile"  # comma-separated: synthetic, magnetic_tile, mvtec, visa, folder',
                               'datasets = "magnetic_tile"  # the LLM class prompts cover magnetic_tile, mvtec and visa') + '''class_prompts = "llm_class_magnetic_tile"  # LLM class-prompt file (name in prompts/ or a path) for the dataset
-detector = ""  # Grounding DINO folder in Hugging Face format; empty = a small seeded RANDOM detector
+detector = ""  # Grounding DINO folder in Hugging Face format; empty: a small seeded RANDOM detector
 '''),
     code(IMPORTS + f"res = zsad.run_settings(\"t06_cheung\", zsad.cheung_settings(), class_prompts=class_prompts, "
          f"detector=detector or None, {RUN_KW})\n"

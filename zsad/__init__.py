@@ -30,7 +30,8 @@ _PUBLIC = {
     # orchestration and figures
     "dataset_overview": "zsad.study", "load_named": "zsad.study", "load_many": "zsad.study", "example_grid": "zsad.figures",
     # tables of the study
-    "run_grid": "zsad.tables", "run_settings": "zsad.tables", "summarise": "zsad.tables",
+    "run_grid": "zsad.tables", "run_settings": "zsad.tables", "run_table": "zsad.tables", "summarise": "zsad.tables",
+    "grid_settings": "zsad.tables",
     "format_table": "zsad.tables", "paper_table": "zsad.tables", "weights_note": "zsad.tables",
     "gem_vs_clip_settings": "zsad.tables", "scale_settings": "zsad.tables", "prompt_settings": "zsad.tables",
     "tamura_settings": "zsad.tables", "cheung_settings": "zsad.tables",

@@ -12,10 +12,15 @@ One entry holds the features of one image for one feature *kind* and one set of 
 a canonical JSON document (stored in the entry itself and compared on every read) made of
 
 - ``format``: :data:`FORMAT_VERSION`, bumped when the layout of entries changes;
-- ``kind``: ``tokens`` (CLIP + GEM tokens), ``windows`` (WinCLIP), ``cnn`` (PatchCore), ``text`` (prompt embeddings);
+- ``kind``: ``tokens`` (CLIP + GEM tokens), ``windows`` (WinCLIP), ``cnn`` (PatchCore), ``text`` (prompt embeddings),
+  ``knn`` (FADE's vision-guided patch distances of an image, derived from its tokens: the same for every table that
+  scores that image with the same stream, size and references), ``crops`` (``encode_image`` of Cheung et al.'s object
+  crops, keyed by the crop's pixels);
 - ``model``: :func:`model_identity`: architecture name + checkpoint sha256, or ``"random"`` + the init seed, and the
   parameter dtype;
-- ``input``: sha256 of the image file's bytes (:meth:`FeatureCache.digest`), or of the prompt list for ``text``;
+- ``input``: sha256 of the image file's bytes (:meth:`FeatureCache.digest`), or of the prompt for ``text`` (one
+  entry per prompt)
+  (for ``knn`` the reference images' digests are in ``params``);
 - ``params``: the preprocessing and feature parameters (size, mean/std, GEM depth, the compute dtype of the tokens
   pass (``autocast``: null = float32, ``bf16``, ``fp16``), window scales/stride/patch stream, CNN layers/dim, ...),
   filled in by the extraction function;
@@ -58,8 +63,8 @@ from zsad.results import package_versions
 __all__ = ["FORMAT_VERSION", "KINDS", "CACHE_ENV", "CacheWarning", "FeatureCache", "Lookup", "cache_root",
            "model_identity", "unwrap_model", "encode_prompts_cached", "register"]
 
-FORMAT_VERSION = 1
-KINDS = ("tokens", "windows", "cnn", "text")
+FORMAT_VERSION = 2  # 2: text entries hold one prompt each
+KINDS = ("tokens", "windows", "cnn", "text", "knn", "crops")
 CACHE_ENV = "ZSAD_CACHE"
 SUFFIX = ".safetensors"
 TMP_MARK = ".tmp-"  # matches the `*.tmp-*` line of .gitignore
@@ -70,6 +75,8 @@ CODE_FILES = {
     "windows": ("windows.py", "gem.py", "data/images.py"),
     "cnn": ("cnn.py", "data/images.py"),
     "text": ("text.py",),
+    "knn": ("features.py", "gem.py", "data/images.py", "methods/fade.py"),  # FADE's patch distances, from tokens
+    "crops": ("methods/cheung_run.py", "data/images.py"),  # Cheung et al.'s object crops through encode_image
 }
 _SOFTWARE = ("torch", "torchvision", "open-clip-torch", "pillow")
 
@@ -165,6 +172,9 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
+_FILE_DIGESTS: dict[tuple, str] = {}
+
+
 def _file_digest(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -194,7 +204,6 @@ class FeatureCache:
         self.root = Path(root).expanduser() if root is not None else cache_root()
         self.float16 = bool(float16)
         self.stats: dict[str, Counter] = {k: Counter() for k in KINDS}
-        self._digests: dict[tuple, str] = {}
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.root)!r}, float16={self.float16})"
@@ -206,7 +215,8 @@ class FeatureCache:
     # -- keys
     def digest(self, item) -> str:
         """sha256 of an image's content: the file bytes of an ImageRecord (``.path``) or a path; for a PIL image,
-        of its mode, size and pixel bytes. File digests are memoised per (path, size, mtime, inode)."""
+        of its mode, size and pixel bytes. File digests are memoised per (path, size, mtime, inode) for the process
+        (every run of a table reads the same images)."""
         from PIL import Image
 
         if isinstance(item, Image.Image):
@@ -216,9 +226,9 @@ class FeatureCache:
         path = Path(getattr(item, "path", item))
         st = path.stat()  # FileNotFoundError for a missing file, as the loaders would raise
         memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
-        found = self._digests.get(memo)
+        found = _FILE_DIGESTS.get(memo)
         if found is None:
-            found = self._digests[memo] = _file_digest(path)
+            found = _FILE_DIGESTS[memo] = _file_digest(path)
         return found
 
     def key_document(self, kind: str, model_id: dict, input_digest: str, params: dict) -> str:
@@ -474,13 +484,19 @@ def encode_prompts_cached(model, prompts: Sequence[str], *, cache: FeatureCache 
         raise ValueError("encode_prompts_cached needs a tokenizer: pass a LoadedModel or tokenizer=...")
     if cache is None:
         return encode_prompts(module, tok, prompts, wrapper=wrapper, normalise=normalise, **kwargs)
-    content = "text:" + hashlib.sha256(_canonical(list(prompts)).encode()).hexdigest()
+    if not prompts:
+        raise ValueError("no prompts to encode")
+    # one entry per prompt: ensembles that share prompts (WinCLIP's, an LLM file alone and in a union, ...)
+    # encode each prompt once
     params = {"wrapper": wrapper, "normalise": bool(normalise)}
-    lk = cache.lookup("text", model, params, [None], expect=("embeddings",), digests=[content])
+    digests = ["prompt:" + hashlib.sha256(p.encode()).hexdigest() for p in prompts]
+    lk = cache.lookup("text", model, params, [None] * len(prompts), expect=("embedding",), digests=digests)
     if lk.missing:
-        lk.store(0, {"embeddings": encode_prompts(module, tok, prompts, wrapper=wrapper, normalise=normalise,
-                                                  **kwargs)})
-    return lk.get(0)["embeddings"].clone()
+        fresh = encode_prompts(module, tok, [prompts[i] for i in lk.missing], wrapper=wrapper, normalise=normalise,
+                               **kwargs)
+        for j, i in enumerate(lk.missing):
+            lk.store(i, {"embedding": fresh[j]})
+    return lk.stack("embedding")
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

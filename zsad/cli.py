@@ -48,16 +48,43 @@ def _cmd_predict(args) -> int:
     from zsad.backbone import default_checkpoint
     from zsad.cnn import default_cnn_checkpoint
     from zsad.study import predict
+    from zsad.tables import weights_text
 
     res = predict(args.method, args.dataset, args.root, args.classes, model=args.model,
                   checkpoint=args.checkpoint or default_checkpoint(),
                   cnn_checkpoint=args.cnn_checkpoint or default_cnn_checkpoint(), shots=args.shots, seed=args.seed,
                   mode=args.mode, sizes=args.sizes, prompts=args.prompts or (), class_prompts=args.class_prompts,
                   detector=args.detector, max_images=args.max_images,
-                  n_boot=args.n_boot, cache=not args.no_cache, out=args.out, overwrite=args.overwrite)
+                  n_boot=args.n_boot, cache=not args.no_cache, autocast=args.autocast, device=args.device, out=args.out,
+                  overwrite=args.overwrite)
     wide = res["metrics"].pivot_table(index="class", columns="metric", values="value", sort=False)
     print(wide.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(weights_text({"run": res["provenance"]}))
     print(f"run folder: {res['path']}")
+    return 0
+
+
+def _cmd_grid(args) -> int:
+    from zsad.backbone import default_checkpoint
+    from zsad.tables import format_table, run_table, summarise, weights_text
+
+    table_args = {k: v for k, v in (("methods", args.methods), ("shots", args.shots), ("scales", args.scales),
+                                     ("prompt_files", args.prompt_files), ("random_words", args.random_words))
+                  if v is not None}
+    if args.table == "gem-vs-clip" and "shots" in table_args:
+        table_args["shots"] = int(table_args["shots"])  # one k for the k-shot rows
+    run_kwargs = dict(datasets=args.datasets, roots=args.roots, seeds=args.seeds, results_dir=args.results_dir,
+                      executor=args.executor, model=args.model, checkpoint=args.checkpoint or default_checkpoint(),
+                      max_images=args.max_images, n_boot=args.n_boot, autocast=args.autocast, device=args.device,
+                      progress=not args.no_progress)
+    for key in ("sizes", "class_prompts", "detector", "cnn_checkpoint"):  # else predict's defaults ($ZSAD_* variables)
+        if getattr(args, key):
+            run_kwargs[key] = getattr(args, key)
+    res = run_table(args.table, table_args, **run_kwargs)
+    with_metrics = ("auroc", "aupr", "f1_max", "pauroc", "pro", "pf1_max")
+    print(format_table(summarise(res["metrics"]), metrics=with_metrics).to_string())
+    print(weights_text(res["provenance"]))
+    print(f"{len(res['paths'])} run folders under {Path(res['paths'][0]).parent.parent}")
     return 0
 
 
@@ -103,7 +130,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    p.add_argument("--autocast", choices=["bf16", "fp16"],
+                   help="run the image towers under torch.autocast (fp16: CUDA only; default float32)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when torch sees a GPU, else cpu)")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("grid", help="run one of the study's tables (every dataset x setting x seed), in-process or "
+                                    "on Ray, and print its summary")
+    p.add_argument("table", choices=["main", "gem-vs-clip", "prompts", "scales", "cheung", "tamura"])
+    p.add_argument("--datasets", default="synthetic,magnetic_tile", help="comma-separated study datasets")
+    p.add_argument("--roots", default="", help="comma-separated roots in the same order (empty: default)")
+    p.add_argument("--seeds", default="0,1", help="few-shot reference draws")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="ray: one Ray task per run (cluster at $RAY_ADDRESS, else a local one); same results")
+    p.add_argument("--results-dir", type=Path, help="where run folders go (default results/, or $ZSAD_RESULTS)")
+    p.add_argument("--model", default="ViT-B-16-plus-240", help="open_clip architecture (zsad-tiny-vit: tests)")
+    p.add_argument("--checkpoint", help="local open_clip checkpoint (default $ZSAD_CHECKPOINT; none: RANDOM WEIGHTS)")
+    p.add_argument("--cnn-checkpoint", help="torchvision WideResNet-50 file for patchcore")
+    p.add_argument("--max-images", type=int, help="test images per class (evenly spaced subset)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for intervals (0: none)")
+    p.add_argument("--autocast", choices=["bf16", "fp16"], help="image towers under torch.autocast")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when torch sees a GPU, else cpu)")
+    p.add_argument("--sizes", help="FADE's segmentation scales (main, gem-vs-clip, prompts)")
+    p.add_argument("--class-prompts", help="LLM class-prompt file (cheung)")
+    p.add_argument("--detector", help="Grounding DINO folder (cheung; default: small RANDOM)")
+    group = p.add_argument_group("table parameters (each applies to the tables named)")
+    group.add_argument("--methods", help="main: comma-separated methods [fade,winclip,patchcore]")
+    group.add_argument("--shots", help="main, scales: comma-separated shot counts [0,1,2,4]; gem-vs-clip: one k [1]")
+    group.add_argument("--scales", help="scales: semicolon-separated scale sets [240;448;896;240,448,896]")
+    group.add_argument("--prompt-files", help="prompts: comma-separated LLM ensembles [llm_generic_seed0..4]")
+    group.add_argument("--random-words", help="tamura: comma-separated numbers of random words [0,3]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_grid)
 
     p = sub.add_parser("eval", help="recompute all metrics from a predictions.npz file (or run folder)")
     p.add_argument("--predictions", required=True, type=Path)

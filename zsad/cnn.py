@@ -226,6 +226,7 @@ def extract_patch_features(
     progress: bool = True,
     desc: str = "cnn features",
     cache=None,
+    autocast: str | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """PatchCore's locally aware patch features of a list of images (module docstring).
 
@@ -237,8 +238,11 @@ def extract_patch_features(
     With a :class:`zsad.cache.FeatureCache` as ``cache``, each image (record, path or PIL image; a pixel tensor
     bypasses the cache) is looked up first (kind ``cnn``, keyed by weights, image content, size, ImageNet mean/std,
     layers and dim); the network runs only on the misses and the result is the same (bit-identical with float32
-    storage).
+    storage). ``autocast`` (None, ``"bf16"``, ``"fp16"``) as in :func:`zsad.features.extract_tokens`; part of the
+    cache key.
     """
+    from zsad.features import autocast_context
+
     layers = _check_layers(layers)
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < len(layers) or dim % len(layers):
         raise ValueError(f"dim must be a positive multiple of the number of layers ({len(layers)}), got {dim!r}")
@@ -252,30 +256,32 @@ def extract_patch_features(
         raise ValueError("no images to extract features from")
     if cache is not None and not is_tensor:
         return _cached_patch_features(cnn, items, cache, size=size, layers=layers, dim=dim, batch_size=batch_size,
-                                      progress=progress, desc=desc)
+                                      progress=progress, desc=desc, autocast=autocast)
     device = cnn.device
     parts, grid = [], None
     starts = range(0, len(items), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         chunk = items[start:start + batch_size]
         pixels = chunk if is_tensor else torch.stack([imagenet_preprocess(item, size) for item in chunk])
-        maps = cnn_feature_maps(cnn, pixels.to(device), layers)
+        with autocast_context(device, autocast):
+            maps = cnn_feature_maps(cnn, pixels.to(device), layers)
         grid = tuple(int(v) for v in maps[layers[0]].shape[-2:])
         parts.append(_local_patch_features(maps, layers, dim).cpu())
     return torch.cat(parts), grid
 
 
 def _cached_patch_features(cnn: LoadedCNN, items: list, cache, *, size: int, layers: tuple[str, ...], dim: int,
-                           batch_size: int, progress: bool, desc: str) -> tuple[torch.Tensor, tuple[int, int]]:
+                           batch_size: int, progress: bool, desc: str,
+                           autocast: str | None) -> tuple[torch.Tensor, tuple[int, int]]:
     """:func:`extract_patch_features` through the feature cache: look up, compute the misses uncached, store."""
     imagenet_transform(size)  # validates size even when every image is a hit
     params = {"size": int(size), "preprocess": "imagenet_transform: square bicubic resize, ToTensor, Normalize",
               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "layers": list(layers), "dim": int(dim),
-              "patch": "avg_pool 3x3, bilinear to first layer, adaptive channel pool"}
+              "patch": "avg_pool 3x3, bilinear to first layer, adaptive channel pool", "autocast": autocast}
     lk = cache.lookup("cnn", cnn, params, items, expect=("features", "grid"))
     if lk.missing:
         fresh, grid = extract_patch_features(cnn, [items[i] for i in lk.missing], size=size, layers=layers, dim=dim,
-                                             batch_size=batch_size, progress=progress, desc=desc)
+                                             batch_size=batch_size, progress=progress, desc=desc, autocast=autocast)
         for j, i in enumerate(lk.missing):
             lk.store(i, {"features": fresh[j], "grid": torch.tensor(grid, dtype=torch.int64)})
     grids = {tuple(int(v) for v in lk.get(i)["grid"]) for i in range(len(items))}

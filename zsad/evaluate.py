@@ -18,18 +18,19 @@ def _ci_rows(point: dict, ci: dict) -> list[tuple[str, float, float, float]]:
     return [(name, value, *ci.get(name, (np.nan, np.nan))) for name, value in point.items()]
 
 
-def class_metrics(labels, scores, masks=None, maps=None, *, n_boot: int = 200, seed: int = 0):
+def class_metrics(labels, scores, masks=None, maps=None, *, n_boot: int = 200, seed: int = 0, histograms=None):
     """Metrics of one class as ``[(metric, value, ci_low, ci_high), ...]``.
 
     Pixel metrics are computed when the class has at least one defect pixel; intervals are percentile bootstrap
-    intervals over the class's images (``n_boot`` = 0: no intervals, NaN).
+    intervals over the class's images (``n_boot`` = 0: no intervals, NaN). ``histograms``: the class's
+    :func:`zsad.metrics.pixel_histograms` when already computed.
     """
     point = metrics.image_metrics(labels, scores)
     ci = metrics.image_metrics_ci(labels, scores, n_boot=n_boot, seed=seed) if n_boot else {}
     rows = _ci_rows(point, ci)
     if masks is not None and np.any(masks):
         point = metrics.pixel_metrics(masks, maps)
-        ci = metrics.pixel_metrics_ci(masks, maps, n_boot=n_boot, seed=seed) if n_boot else {}
+        ci = metrics.pixel_metrics_ci(masks, maps, n_boot=n_boot, seed=seed, histograms=histograms) if n_boot else {}
         rows += _ci_rows(point, ci)
     return rows
 
@@ -39,23 +40,28 @@ def metrics_table(pred: dict, *, dataset: str, method: str, setting: str, shots:
     """Tidy metrics (columns :data:`zsad.results.METRIC_COLUMNS`) for predictions of one or more classes.
 
     ``pred`` holds ``classes``, ``labels``, ``scores`` and optionally ``masks``/``maps`` (N, H, W). The ``mean`` rows
-    are the unweighted means over classes (as every paper reports); their image metrics carry an interval too.
+    are the unweighted means over classes (as every paper reports), with intervals too: images resampled over all
+    classes at once, every class's metric recomputed and averaged.
     """
     classes = np.asarray(pred["classes"], dtype=str)
     labels, scores = np.asarray(pred["labels"]), np.asarray(pred["scores"])
     masks, maps = pred.get("masks"), pred.get("maps")
     key = (dataset, method, setting, int(shots), int(seed))
-    rows, per_class = [], {}
+    rows, per_class, hists = [], {}, {}
     for cls in sorted(set(classes)):
         idx = np.flatnonzero(classes == cls)
-        cls_rows = class_metrics(labels[idx], scores[idx],
-                                 None if masks is None else masks[idx], None if maps is None else maps[idx],
-                                 n_boot=n_boot, seed=boot_seed)
+        cls_masks, cls_maps = (None, None) if masks is None else (masks[idx], maps[idx])
+        if n_boot and cls_masks is not None and np.any(cls_masks):
+            hists[cls] = metrics.pixel_histograms(cls_masks, cls_maps)  # shared by the class and the mean interval
+        cls_rows = class_metrics(labels[idx], scores[idx], cls_masks, cls_maps, n_boot=n_boot, seed=boot_seed,
+                                 histograms=hists.get(cls))
         per_class[cls] = {name: value for name, value, _, _ in cls_rows}
         rows += [(*key[:1], cls, *key[1:], *r) for r in cls_rows]
     shared = set.intersection(*(set(m) for m in per_class.values()))
     mean = metrics.mean_over_classes({c: {k: v for k, v in m.items() if k in shared} for c, m in per_class.items()})
     mean_ci = _mean_image_ci(classes, labels, scores, n_boot, boot_seed) if n_boot else {}
+    if n_boot and set(metrics.PIXEL_METRICS) <= shared:  # every class has pixel metrics
+        mean_ci.update(metrics.class_mean_pixel_metrics_ci(hists, n_boot=n_boot, seed=boot_seed))
     rows += [(dataset, MEAN, *key[1:], name, value, *mean_ci.get(name, (np.nan, np.nan)))
              for name, value in mean.items()]
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
@@ -75,8 +81,8 @@ def _class_mean_metric(all_classes):
 
 def _mean_image_ci(classes, labels, scores, n_boot: int, seed: int) -> dict:
     """Intervals of the class-mean image metrics: images resampled over all classes at once, every class's
-    metric recomputed and averaged (a resample in which a class lacks a label is redrawn). The pixel metrics of
-    the mean row carry no interval: a full pixel evaluation per resample costs minutes at MVTec scale."""
+    metric recomputed and averaged (a resample in which a class lacks a label is redrawn). The pixel metrics of the
+    mean row get theirs from :func:`zsad.metrics.class_mean_pixel_metrics_ci` (per-image histograms, so cheap)."""
     return metrics.bootstrap_ci(_class_mean_metric(sorted(set(classes))), classes, labels, scores,
                                 n_boot=n_boot, seed=seed)
 

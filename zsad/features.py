@@ -10,6 +10,7 @@ the cache key (:func:`token_params`), so autocast tokens never mix with float32 
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -50,13 +51,25 @@ def token_params(size: int, autocast: str | None = None) -> dict:
             "autocast": autocast}
 
 
-def _check_autocast(autocast: str | None, device: torch.device) -> None:
+def check_autocast(autocast: str | None, device: torch.device) -> None:
+    """Refuse an unknown autocast setting, and fp16 off CUDA (CPU fp16 kernels are slow or missing)."""
     if autocast is None:
         return
     if autocast not in AUTOCAST_DTYPES:
         raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
     if autocast == "fp16" and device.type != "cuda":
         raise ValueError(f"autocast='fp16' needs a CUDA model (this one is on {device.type}); use 'bf16' on CPU")
+
+
+def autocast_context(device: torch.device, autocast: str | None):
+    """``torch.autocast`` in the dtype of ``autocast`` (see :data:`AUTOCAST_DTYPES`), or no context for None.
+
+    Every image tower of the study (CLIP tokens, WinCLIP windows, Cheung's crops, PatchCore's CNN) runs under it.
+    """
+    check_autocast(autocast, device)
+    if autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[autocast])
 
 
 @torch.inference_mode()
@@ -76,7 +89,7 @@ def extract_tokens(model, records: Sequence[ImageRecord], sizes: Sequence[int], 
     their own key.
     """
     module = unwrap_model(model)
-    _check_autocast(autocast, next(module.parameters()).device)
+    check_autocast(autocast, next(module.parameters()).device)
     if cache is None or not records:
         return _extract(module, records, sizes, batch_size, progress, desc, autocast)
     unique = sorted(set(int(s) for s in sizes))
@@ -113,11 +126,8 @@ def _extract(model, records: Sequence[ImageRecord], sizes: Sequence[int], batch_
     gem_parts: dict[int, list] = {s: [] for s in sizes}
     for size, start in tqdm(steps, desc=desc, disable=not progress, leave=False):
         pixels = torch.stack([preprocess(im, size) for im in images[start:start + batch_size]]).to(device)
-        if autocast is None:
+        with autocast_context(device, autocast):
             clip, gem = encode_tokens(model, pixels)
-        else:
-            with torch.autocast(device.type, dtype=AUTOCAST_DTYPES[autocast]):
-                clip, gem = encode_tokens(model, pixels)
         clip_parts[size].append(F.normalize(clip.float(), dim=-1).cpu())
         gem_parts[size].append(F.normalize(gem.float(), dim=-1).cpu())
     for size in sorted(set(sizes)):

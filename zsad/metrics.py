@@ -68,8 +68,9 @@ for the interval only).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -88,6 +89,9 @@ __all__ = [
     "bootstrap_ci",
     "image_metrics_ci",
     "pixel_metrics_ci",
+    "PixelHistograms",
+    "pixel_histograms",
+    "class_mean_pixel_metrics_ci",
 ]
 
 IMAGE_METRICS = ("auroc", "aupr", "ap", "f1_max")
@@ -787,7 +791,7 @@ def _quantised_codes(masks, maps, n_bins):
 
 
 def pixel_metrics_ci(masks, maps, n_boot: int = 1000, seed: int = 0, *, alpha: float = 0.05,
-                     pro_limit: float = 0.3, n_bins: int = 4096):
+                     pro_limit: float = 0.3, n_bins: int = 4096, histograms: "PixelHistograms | None" = None):
     """Bootstrap intervals of :func:`pixel_metrics`, resampling whole images.
 
     The resampling protocol is that of :func:`bootstrap_ci` (same random stream, so the
@@ -814,6 +818,8 @@ def pixel_metrics_ci(masks, maps, n_boot: int = 1000, seed: int = 0, *, alpha: f
     pro_limit : float, default 0.3
     n_bins : int, default 4096
         Number of codes for non-uint8 maps.
+    histograms : PixelHistograms, optional
+        :func:`pixel_histograms` of these masks and maps when already computed (``n_bins`` is then theirs).
 
     Returns
     -------
@@ -821,8 +827,34 @@ def pixel_metrics_ci(masks, maps, n_boot: int = 1000, seed: int = 0, *, alpha: f
         ``{"pauroc", "pf1_max", "pro"}`` -> ``(low, high)``.
     """
     n_boot, alpha = _check_boot(n_boot, alpha)
-    masks, maps = _check_pixels(masks, maps)
     pro_limit = _check_limit(pro_limit)
+    h = histograms if histograms is not None else pixel_histograms(masks, maps, n_bins)
+    _need_both_classes(int(h.npos.sum()), int(h.nneg.sum()), "pixels")
+
+    def is_valid(idx):
+        return bool(h.npos[idx].sum() > 0 and h.nneg[idx].sum() > 0)
+
+    mult = _multiplicities(np.random.default_rng(seed), len(h.npos), n_boot, is_valid)
+    return {k: _percentile_interval(v, alpha) for k, v in _pixel_replicates(h, mult, pro_limit).items()}
+
+
+@dataclass(frozen=True)
+class PixelHistograms:
+    """Every image of a class reduced to histograms over ordered score codes: defect pixels ``h_pos``, normal
+    pixels ``h_neg`` and PRO weights ``h_w`` (sum of ``1/|region|``), each (N, n_codes); ``n_regions``, ``npos``
+    and ``nneg`` per image. A bootstrap resample is then a weighted sum of rows (see :func:`pixel_metrics_ci`)."""
+
+    h_pos: np.ndarray
+    h_neg: np.ndarray
+    h_w: np.ndarray
+    n_regions: np.ndarray
+    npos: np.ndarray
+    nneg: np.ndarray
+
+
+def pixel_histograms(masks, maps, n_bins: int = 4096) -> PixelHistograms:
+    """:class:`PixelHistograms` of one class's masks and maps (N, H, W); codes as in :func:`pixel_metrics_ci`."""
+    masks, maps = _check_pixels(masks, maps)
     if int(n_bins) != n_bins or n_bins < 2:
         raise ValueError(f"n_bins must be an integer >= 2; got {n_bins}")
     n = masks.shape[0]
@@ -846,19 +878,23 @@ def pixel_metrics_ci(masks, maps, n_boot: int = 1000, seed: int = 0, *, alpha: f
             weights = inv_size[offsets[i]:offsets[i + 1]]
             h_w[i] = np.bincount(c_pos, weights=weights, minlength=n_codes)
         h_neg[i] = h_all - h_pos[i]
+    return PixelHistograms(h_pos, h_neg, h_w, n_regions, npos, nneg)
 
-    def is_valid(idx):
-        return bool(npos[idx].sum() > 0 and nneg[idx].sum() > 0)
 
-    draws = _draw(np.random.default_rng(seed), n, n_boot, is_valid)
-    mult = np.stack([np.bincount(idx, minlength=n) for idx in draws]).astype(np.float64)
+def _multiplicities(rng: np.random.Generator, n: int, n_boot: int, is_valid: Callable) -> np.ndarray:
+    """(n_boot, n) image multiplicities of the valid resamples :func:`_draw` yields."""
+    return np.stack([np.bincount(idx, minlength=n) for idx in _draw(rng, n, n_boot, is_valid)]).astype(np.float64)
+
+
+def _pixel_replicates(h: PixelHistograms, mult: np.ndarray, pro_limit: float) -> dict[str, np.ndarray]:
+    """pAUROC, pF1-max and PRO of every resample, given as (n_boot, N) image multiplicities."""
     reps = {"pauroc": [], "pf1_max": [], "pro": []}
-    for start in range(0, n_boot, 256):  # bounded memory: 256 x n_codes per matrix
+    for start in range(0, mult.shape[0], 256):  # bounded memory: 256 x n_codes per matrix
         c = mult[start:start + 256]
-        pos_b = np.rint(c @ h_pos).astype(np.int64)
-        neg_b = np.rint(c @ h_neg).astype(np.int64)
-        w_b = c @ h_w
-        nreg_b = c @ n_regions
+        pos_b = np.rint(c @ h.h_pos).astype(np.int64)
+        neg_b = np.rint(c @ h.h_neg).astype(np.int64)
+        w_b = c @ h.h_w
+        nreg_b = c @ h.n_regions
         for j in range(c.shape[0]):
             tab = _table_from_hist(pos_b[j], neg_b[j], w_b[j])
             m = _table_metrics(*tab, n_regions=nreg_b[j], pro_limit=pro_limit,
@@ -866,4 +902,35 @@ def pixel_metrics_ci(masks, maps, n_boot: int = 1000, seed: int = 0, *, alpha: f
             reps["pauroc"].append(m["auroc"])
             reps["pf1_max"].append(m["f1_max"])
             reps["pro"].append(m["pro"])
-    return {k: _percentile_interval(v, alpha) for k, v in reps.items()}
+    return {k: np.asarray(v) for k, v in reps.items()}
+
+
+def class_mean_pixel_metrics_ci(histograms: Mapping[str, PixelHistograms], n_boot: int = 1000, seed: int = 0, *,
+                                alpha: float = 0.05, pro_limit: float = 0.3) -> dict[str, tuple[float, float]]:
+    """Bootstrap intervals of the class-mean pixel metrics (the unweighted mean over classes papers report).
+
+    Images are resampled over all classes at once (classes in sorted order, each class's images in their order),
+    as for the class-mean image metrics; each class's metrics are computed from its own images in the resample
+    and averaged. A resample in which some class has no defect or no normal pixel is redrawn. Each class's
+    ``histograms`` come from :func:`pixel_histograms`, so the cost per resample is that of the per-class intervals.
+    """
+    n_boot, alpha = _check_boot(n_boot, alpha)
+    pro_limit = _check_limit(pro_limit)
+    names = sorted(histograms)
+    if not names:
+        raise ValueError("no classes to average")
+    sizes = [len(histograms[c].npos) for c in names]
+    bounds = np.concatenate(([0], np.cumsum(sizes)))
+    owner = np.repeat(np.arange(len(names)), sizes)
+    npos = np.concatenate([histograms[c].npos for c in names])
+    nneg = np.concatenate([histograms[c].nneg for c in names])
+
+    def is_valid(idx):
+        pos = np.bincount(owner[idx], weights=npos[idx], minlength=len(names))
+        neg = np.bincount(owner[idx], weights=nneg[idx], minlength=len(names))
+        return bool((pos > 0).all() and (neg > 0).all())
+
+    mult = _multiplicities(np.random.default_rng(seed), int(bounds[-1]), n_boot, is_valid)
+    per_class = [_pixel_replicates(histograms[c], mult[:, bounds[i]:bounds[i + 1]], pro_limit)
+                 for i, c in enumerate(names)]
+    return {k: _percentile_interval(np.mean([r[k] for r in per_class], axis=0), alpha) for k in per_class[0]}

@@ -14,6 +14,8 @@ looks complete; ``provenance.json`` is written last and is the marker of a finis
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import platform
@@ -54,13 +56,19 @@ def git_commit(path: str | os.PathLike | None = None) -> str:
 
 
 def package_versions(names=_TRACKED_PACKAGES) -> dict[str, str]:
-    out = {}
+    """Installed version of each distribution (``"not installed"`` when absent); read once per process."""
+    return dict(_package_versions(tuple(names)))
+
+
+@functools.lru_cache(maxsize=None)
+def _package_versions(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    out = []
     for name in names:
         try:
-            out[name] = metadata.version(name)
+            out.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+            out.append((name, "not installed"))
+    return tuple(out)
 
 
 def provenance(parameters: dict, *, model=None, seed: int | None = None, references=None, extra=None) -> dict:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,13 +12,13 @@ import torch
 from zsad import config
 from zsad.backbone import DEFAULT_MODEL, default_checkpoint, load_model
 from zsad.cache import FeatureCache, encode_prompts_cached
-from zsad.cnn import extract_patch_features, load_wide_resnet50
+from zsad.cnn import default_cnn_checkpoint, extract_patch_features, load_wide_resnet50
 from zsad.data import class_prompt_name, load_dataset, load_mask, sample_references
 from zsad.evaluate import metrics_table
-from zsad.features import extract_tokens
+from zsad.features import AUTOCAST_DTYPES, TokenSet, check_autocast, extract_tokens, token_params
 from zsad.methods.base import resize_maps
 from zsad.methods.cheung_run import CHEUNG_METHODS
-from zsad.methods.fade import FadeConfig, fade
+from zsad.methods.fade import FadeConfig, fade, vision_distances
 from zsad.methods.patchcore import PatchCoreConfig, patchcore
 from zsad.methods.tamura_run import tamura_class
 from zsad.methods.winclip import WinClipConfig, winclip
@@ -104,23 +106,51 @@ def _fade_config(params) -> FadeConfig:
 
 
 def _fade_class(loaded, cls, test, refs, params, progress):
-    cache = params.get("cache")
+    cache, autocast = params.get("cache"), params.get("autocast")
     sizes = tuple(sorted(set(params["sizes"]) | {240}))
-    tokens = extract_tokens(loaded, test, sizes, progress=progress, desc=f"{cls} test", cache=cache)
+    tokens = extract_tokens(loaded, test, sizes, progress=progress, desc=f"{cls} test", cache=cache,
+                            autocast=autocast)
     ref_tokens = extract_tokens(loaded, refs, params["sizes"], progress=progress, desc=f"{cls} refs",
-                                cache=cache) if refs else None
+                                cache=cache, autocast=autocast) if refs else None
     ac, seg = _prompt_sets(cls, params["prompts"], params["winclip_in_segmentation"])
     enc = {name: prototypes(encode_prompts_cached(loaded, p["normal"], cache=cache),
                             encode_prompts_cached(loaded, p["abnormal"], cache=cache))
            for name, p in (("ac", ac), ("as", seg))}
     cfg = _fade_config(params)
-    return fade(tokens, cfg, ac_prototypes=enc["ac"], as_prototypes=enc["as"], refs=ref_tokens)
+    vision = _cached_vision_distances(loaded, test, refs, tokens, ref_tokens, cfg, cache, autocast)
+    return fade(tokens, cfg, ac_prototypes=enc["ac"], as_prototypes=enc["as"], refs=ref_tokens, vision=vision)
+
+
+def _cached_vision_distances(loaded, test, refs, tokens, ref_tokens, cfg, cache, autocast):
+    """FADE's patch distances per size through the feature cache (kind ``knn``), or None (fade computes them).
+
+    A test image's distances depend on its tokens, the stream, the size and (k-shot) the reference images, not on
+    the prompts, the fusion or the table: every table that scores the image the same way reads them back.
+    """
+    cfg = cfg.resolved()
+    if cache is None or (cfg.ac_mode == "language" and cfg.as_mode == "language"):
+        return None
+    memory = "self, 2nd neighbour" if cfg.shots == 0 else sorted(cache.digest(r) for r in refs)
+    out = {}
+    for size in cfg.sizes:
+        params = {"tokens": token_params(size, autocast), "stream": cfg.vision_stream, "memory": memory}
+        lk = cache.lookup("knn", loaded, params, test, expect=("distance",))
+        if lk.missing:
+            part = TokenSet([tokens.relpaths[i] for i in lk.missing])
+            index = torch.tensor(lk.missing)
+            part.clip[size], part.gem[size] = tokens.clip[size][index], tokens.gem[size][index]
+            fresh = vision_distances(part, replace(cfg, sizes=(size,)), ref_tokens)[size]
+            for j, i in enumerate(lk.missing):
+                lk.store(i, {"distance": fresh[j]})
+        out[size] = lk.stack("distance")
+    return out
 
 
 def _winclip_class(loaded, cls, test, refs, params, progress):
-    cache = params.get("cache")
-    windows = extract_window_tokens(loaded, test, progress=progress, cache=cache)
-    ref_windows = extract_window_tokens(loaded, refs, progress=progress, cache=cache) if refs else None
+    cache, autocast = params.get("cache"), params.get("autocast")
+    windows = extract_window_tokens(loaded, test, progress=progress, cache=cache, autocast=autocast)
+    ref_windows = extract_window_tokens(loaded, refs, progress=progress, cache=cache,
+                                        autocast=autocast) if refs else None
     p = winclip_prompts(class_prompt_name(cls))
     # WinCLIP averages the raw text embeddings (no FADE wrapper); winclip() normalises the prototypes.
     proto = prototypes(*(encode_prompts_cached(loaded, p[side], cache=cache, wrapper=None, normalise=False)
@@ -132,8 +162,9 @@ def _winclip_class(loaded, cls, test, refs, params, progress):
 def _patchcore_class(loaded, cls, test, refs, params, progress):
     if not refs:
         raise ValueError("PatchCore is a k-shot baseline: pass shots >= 1")
-    test_feat, grid = extract_patch_features(loaded, test, progress=progress, cache=params.get("cache"))
-    ref_feat, _ = extract_patch_features(loaded, refs, progress=progress, cache=params.get("cache"))
+    cache, autocast = params.get("cache"), params.get("autocast")
+    test_feat, grid = extract_patch_features(loaded, test, progress=progress, cache=cache, autocast=autocast)
+    ref_feat, _ = extract_patch_features(loaded, refs, progress=progress, cache=cache, autocast=autocast)
     return patchcore(test_feat, ref_feat, grid, PatchCoreConfig(seed=params["seed"]), out_size=params["eval_size"])
 
 
@@ -144,6 +175,30 @@ METHODS.update({name: (run, "clip") for name, run in CHEUNG_METHODS.items()})
 METHODS["tamura"] = (tamura_class, "clip")
 
 
+def _default_device(device) -> str:
+    return str(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_weights(family: str, model: str, checkpoint, device: str):
+    """The backbone of a run, loaded once per process and reused by every later run with the same weights (a table
+    has dozens of runs; building the model, reading the checkpoint and hashing it each time was a large share of a
+    run's time). The models are only used in eval mode under inference_mode, never changed."""
+    stamp = None
+    if checkpoint:
+        path = Path(checkpoint).expanduser()
+        st = path.stat() if path.is_file() else None  # a missing file: the loader raises its own clear error
+        stamp = (str(path.resolve()), st.st_size, st.st_mtime_ns) if st else (str(path), None, None)
+    return _load_weights_memo(family, model, stamp, device)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_weights_memo(family: str, model: str, stamp, device: str):
+    checkpoint = stamp[0] if stamp else None
+    if family == "cnn":
+        return load_wide_resnet50(checkpoint, seed=0, device=device)
+    return load_model(model, checkpoint=checkpoint, seed=0, device=device)
+
+
 def _setting(shots: int) -> str:
     return "0-shot" if shots == 0 else f"{shots}-shot"
 
@@ -152,7 +207,8 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
             model: str = DEFAULT_MODEL, checkpoint=None, cnn_checkpoint=None, shots: int = 0, seed: int = 0, mode: str = "both",
             sizes=(240, 448, 896), prompts=(), winclip_in_segmentation: bool = True, options=None, variant: str = "",
             class_prompts=None, detector=None, max_images: int | None = None, eval_size: int = 448,
-            n_boot: int = 200, cache=True, out=None, overwrite: bool = False, progress: bool = True) -> dict:
+            n_boot: int = 200, cache=True, autocast: str | None = None, device: str | None = None, out=None,
+            overwrite: bool = False, progress: bool = True) -> dict:
     """Run one method on one dataset (every class, or ``classes``) and write a run folder when ``out`` is given.
 
     Returns ``{"metrics": DataFrame, "predictions": dict, "provenance": dict, "path": Path | None}``.
@@ -162,6 +218,11 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
     ``cache``: True = the feature cache under ``$ZSAD_CACHE`` (default ``cache/``), a :class:`FeatureCache`, or
     False/None for none. ``options`` are method config fields (e.g. ``{"language_stream": "clip"}`` for FADE, ``{"temperature": 0.01}``
     for WinCLIP); ``variant`` names such a run in the ``setting`` column (``"0-shot <variant>"``).
+    ``autocast``: None (float32), ``"bf16"`` or ``"fp16"`` (CUDA): every image tower of the method runs under
+    ``torch.autocast`` (see :func:`zsad.features.extract_tokens`; features are cached under their own key). It is
+    recorded in the run's parameters; the deviation from float32 is measured in ``benchmarks/bench_autocast.py``.
+    ``device``: where the models run (default ``cuda`` when torch sees a GPU, else ``cpu``); features come back to
+    the CPU for scoring.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
@@ -179,6 +240,9 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
         raise ValueError("cheung (the full method) needs class prompts from the LLM: pass class_prompts / "
                          "--class-prompts, e.g. prompts/llm_class_mvtec.json; cheung_no_prompt_generation is the "
                          "row without them")
+    autocast = autocast or None
+    if autocast not in (None, *AUTOCAST_DTYPES):
+        raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
     if method == "fade" and not prompts and not winclip_in_segmentation:
         raise ValueError("the segmentation ensemble is empty: give prompt files or keep the WinCLIP prompts")
     kind, data_root = config.resolve_dataset(dataset, root)
@@ -198,18 +262,19 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
               "class_prompts": config.display_path(class_prompts) if class_prompts else None,
               "detector": config.display_path(detector) if detector else None, "n_boot": n_boot,
               "setting": _setting(shots) + (f" {variant}" if variant else ""), "options": dict(options or {}),
-              "winclip_in_segmentation": winclip_in_segmentation}
+              "winclip_in_segmentation": winclip_in_segmentation, "autocast": autocast,
+              "device": _default_device(device)}
     if method == "fade":
         try:
             _fade_config(params).resolved()
         except TypeError as exc:
             raise ValueError(f"bad FADE option: {exc}") from None
 
+    weights = (cnn_checkpoint or default_cnn_checkpoint()) if family == "cnn" else (checkpoint or default_checkpoint())
+    loaded = _load_weights(family, model, weights, params["device"])
     if family == "cnn":
-        loaded = load_wide_resnet50(cnn_checkpoint, seed=0)
         params["model"] = loaded.name
-    else:
-        loaded = load_model(model, checkpoint=checkpoint or default_checkpoint(), seed=0)
+    check_autocast(autocast, next(loaded.model.parameters()).device)  # fp16 needs CUDA
     feature_cache = FeatureCache() if cache is True else (cache or None)
     parts = []
     for cls in sorted(by_class):

@@ -1,6 +1,7 @@
 """Tables of the study: run a grid of (method, shots, seed) settings, summarise over seeds, format for the book."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,8 @@ from zsad import config
 from zsad.study import _names, predict
 
 DEFAULT_SHOTS = {"fade": (0, 1, 2, 4), "winclip": (0, 1, 2, 4), "patchcore": (1, 2, 4)}
+#: FADE's Tab. 7 compares LLM ensembles; ours are five seeds of one generator (prompts/README.md).
+DEFAULT_PROMPT_FILES = ",".join(f"llm_generic_seed{i}" for i in range(5))
 
 
 def _ints(value) -> list[int]:
@@ -60,12 +63,16 @@ def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", ro
             "paths": [r["path"] for r in results]}
 
 
-def run_grid(study: str, *, methods="fade,winclip,patchcore", shots="0,1,2,4", **kwargs) -> dict:
-    """:func:`run_settings` over methods x shot counts; methods skip shot counts they do not have (PatchCore has no
+def grid_settings(methods="fade,winclip,patchcore", shots="0,1,2,4") -> list[dict]:
+    """Methods x shot counts (FADE's Tab. 1/2); methods skip shot counts they do not have (PatchCore has no
     zero-shot)."""
-    settings = [{"method": m, "shots": k} for m in _names(methods) for k in _ints(shots)
-                if k in DEFAULT_SHOTS.get(m, (k,))]
-    return run_settings(study, settings, **kwargs)
+    return [{"method": m, "shots": k} for m in _names(methods) for k in _ints(shots)
+            if k in DEFAULT_SHOTS.get(m, (k,))]
+
+
+def run_grid(study: str, *, methods="fade,winclip,patchcore", shots="0,1,2,4", **kwargs) -> dict:
+    """:func:`run_settings` over :func:`grid_settings`."""
+    return run_settings(study, grid_settings(methods, shots), **kwargs)
 
 
 def summarise(metrics: pd.DataFrame, *, level: str = "mean") -> pd.DataFrame:
@@ -107,16 +114,25 @@ def format_table(summary: pd.DataFrame, metrics=("auroc", "aupr", "f1_max", "pau
     return wide.fillna("–")
 
 
+def weights_text(provenances: dict) -> str:
+    """One plain sentence saying which weights produced a table; it starts with "RANDOM WEIGHTS." when any run used
+    random weights (the command line prints it under every table)."""
+    weights = [p.get("weights") or {} for p in provenances.values()]
+    labels = sorted({w.get("model", "?") + ": " + ("RANDOM" if w.get("random_weights") else
+                                                  w.get("checkpoint_sha256", "?")[:12]) for w in weights})
+    if any(w.get("random_weights") for w in weights):
+        return (f"RANDOM WEIGHTS. These numbers come from seeded random-init models ({', '.join(labels)}). They test "
+                "that the pipeline runs end to end; they are not results about CLIP, and they must not be compared "
+                "with the papers' numbers.")
+    return "Weights: " + ", ".join(labels)
+
+
 def weights_note(provenances: dict) -> str:
-    """A Markdown box saying which weights produced a table; in bold capitals when any run used random weights."""
-    labels = sorted({(p.get("weights") or {}).get("model", "?") + ": " + (
-        "RANDOM" if (p.get("weights") or {}).get("random_weights") else (p.get("weights") or {}).get(
-            "checkpoint_sha256", "?")[:12]) for p in provenances.values()})
-    if any((p.get("weights") or {}).get("random_weights") for p in provenances.values()):
-        return ("```{warning}\n**RANDOM WEIGHTS.** These numbers come from seeded random-init models "
-                f"({', '.join(labels)}). They test that the pipeline runs end to end; they are not results about "
-                "CLIP, and they must not be compared with the papers' numbers.\n```")
-    return "```{note}\nWeights: " + ", ".join(labels) + "\n```"
+    """:func:`weights_text` as a Markdown box; a warning in bold capitals when any run used random weights."""
+    text = weights_text(provenances)
+    if text.startswith("RANDOM WEIGHTS."):
+        return "```{warning}\n**RANDOM WEIGHTS.**" + text[len("RANDOM WEIGHTS."):] + "\n```"
+    return "```{note}\n" + text + "\n```"
 
 
 def paper_table(metrics: pd.DataFrame, paper: str = "fade2024", methods=None,
@@ -191,3 +207,34 @@ def tamura_settings(random_words="0,3") -> list[dict]:
 def cheung_settings() -> list[dict]:
     """Cheung et al.'s Tables II-V: the full method and its two ablation rows (zero-shot, image level)."""
     return [{"method": m, "shots": 0} for m in ("cheung", "cheung_no_prompt_generation", "cheung_no_object_detection")]
+
+
+#: The study's tables by name: (run folder under results/, the same as the table's notebook; settings function).
+#: The settings function's keyword arguments are the table's own parameters (``zsad grid <name> --shots ...``).
+TABLES = {
+    "main": ("t02_main", grid_settings),
+    "gem-vs-clip": ("t03_gem_vs_clip", gem_vs_clip_settings),
+    "prompts": ("t04_prompts", lambda prompt_files=DEFAULT_PROMPT_FILES: prompt_settings(prompt_files)),
+    "scales": ("t05_scales", scale_settings),
+    "cheung": ("t06_cheung", cheung_settings),
+    "tamura": ("t07_tamura", tamura_settings),
+}
+
+
+def table_parameters(name: str) -> dict:
+    """A table's own parameters and their defaults (the keyword arguments of its settings function)."""
+    if name not in TABLES:
+        raise ValueError(f"unknown table {name!r}; choose one of {', '.join(TABLES)}")
+    return {p.name: p.default for p in inspect.signature(TABLES[name][1]).parameters.values()}
+
+
+def run_table(name: str, table_args: dict | None = None, **kwargs) -> dict:
+    """Run one of the study's :data:`TABLES` with :func:`run_settings`; ``table_args`` are its own parameters
+    (see :func:`table_parameters`), ``kwargs`` go to :func:`run_settings` (datasets, seeds, executor, model, ...)."""
+    allowed = table_parameters(name)
+    unknown = sorted(set(table_args or {}) - set(allowed))
+    if unknown:
+        raise ValueError(f"table {name!r} has no parameter {', '.join(unknown)}; its parameters: "
+                         f"{', '.join(allowed) or 'none'}")
+    study, settings = TABLES[name]
+    return run_settings(study, settings(**(table_args or {})), **kwargs)

@@ -241,7 +241,8 @@ class WindowTokens:
 @torch.inference_mode()
 def extract_window_tokens(model, records: Sequence, *, size: int = 240, scales: Sequence[int] = DEFAULT_SCALES,
                           stride: int = 1, batch_size: int = 8, progress: bool = True,
-                          patch_stream: str = "ln_post", desc: str = "windows", cache=None) -> WindowTokens:
+                          patch_stream: str = "ln_post", desc: str = "windows", cache=None,
+                          autocast: str | None = None) -> WindowTokens:
     """Run the image tower once per image and return its normalised WinCLIP features (:class:`WindowTokens`).
 
     ``records`` are :class:`zsad.data.ImageRecord` (or anything with ``.path`` and ``.relpath``); images are read
@@ -253,9 +254,11 @@ def extract_window_tokens(model, records: Sequence, *, size: int = 240, scales: 
     ``model`` is a :class:`zsad.backbone.LoadedModel` (or its ``.model``). With a :class:`zsad.cache.FeatureCache`
     as ``cache``, each image is looked up first (kind ``windows``, keyed by model, image bytes, size, scales, stride
     and patch stream); the tower runs only on the misses and the result is the same (bit-identical with float32
-    storage).
+    storage). ``autocast`` (None, ``"bf16"``, ``"fp16"``) as in :func:`zsad.features.extract_tokens`; part of the
+    cache key.
     """
     from zsad.data import load_image, preprocess
+    from zsad.features import autocast_context
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -263,7 +266,8 @@ def extract_window_tokens(model, records: Sequence, *, size: int = 240, scales: 
         raise ValueError("no images to encode")
     if cache is not None:
         return _cached_window_tokens(model, records, cache, size=size, scales=scales, stride=stride,
-                                     batch_size=batch_size, progress=progress, patch_stream=patch_stream, desc=desc)
+                                     batch_size=batch_size, progress=progress, patch_stream=patch_stream, desc=desc,
+                                     autocast=autocast)
     from zsad.cache import unwrap_model
 
     model = unwrap_model(model)
@@ -274,7 +278,8 @@ def extract_window_tokens(model, records: Sequence, *, size: int = 240, scales: 
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         batch = records[start:start + batch_size]
         pixels = torch.stack([preprocess(load_image(r.path), size) for r in batch]).to(device)
-        cls, windows, patch = encode_all(model, pixels, scales, stride, patch_stream=patch_stream)
+        with autocast_context(device, autocast):
+            cls, windows, patch = encode_all(model, pixels, scales, stride, patch_stream=patch_stream)
         parts_cls.append(F.normalize(cls.float(), dim=-1).cpu())
         parts_patch.append(F.normalize(patch.float(), dim=-1).cpu())
         for s, w in windows.items():
@@ -294,7 +299,8 @@ def extract_window_tokens(model, records: Sequence, *, size: int = 240, scales: 
 
 
 def _cached_window_tokens(model, records: Sequence, cache, *, size: int, scales: Sequence[int], stride: int,
-                          batch_size: int, progress: bool, patch_stream: str, desc: str) -> WindowTokens:
+                          batch_size: int, progress: bool, patch_stream: str, desc: str,
+                          autocast: str | None) -> WindowTokens:
     """:func:`extract_window_tokens` through the feature cache: look up, compute the misses uncached, store."""
     from zsad.cache import unwrap_model
     from zsad.data import CLIP_MEAN, CLIP_STD
@@ -307,13 +313,13 @@ def _cached_window_tokens(model, records: Sequence, cache, *, size: int, scales:
     order = list(window_masks(grid, scales, stride))  # validates scales/stride; the order of the windows dict
     params = {"size": int(size), "preprocess": "clip_transform: square bicubic resize, ToTensor, Normalize",
               "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "scales": order, "stride": int(stride),
-              "patch_stream": patch_stream, "normalise": "l2"}
+              "patch_stream": patch_stream, "normalise": "l2", "autocast": autocast}
     names = ("cls", "patch", *(f"windows.{s}" for s in order))
     lk = cache.lookup("windows", model, params, records, expect=names)
     if lk.missing:
         fresh = extract_window_tokens(module, [records[i] for i in lk.missing], size=size, scales=scales,
                                       stride=stride, batch_size=batch_size, progress=progress,
-                                      patch_stream=patch_stream, desc=desc)
+                                      patch_stream=patch_stream, desc=desc, autocast=autocast)
         for j, i in enumerate(lk.missing):
             lk.store(i, {"cls": fresh.cls[j], "patch": fresh.patch[j],
                          **{f"windows.{s}": w[j] for s, w in fresh.windows.items()}})

@@ -38,13 +38,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ipywidgets
 
+from zsad.cache import encode_prompts_cached
 from zsad.data import ImageRecord, class_prompt_name, load_image, preprocess
 from zsad.detector import LoadedDetector, caption, detect, load_detector
-from zsad.features import extract_tokens
+from zsad.features import autocast_context, extract_tokens
 from zsad.methods.base import MethodOutput
 from zsad.methods.cheung import CheungConfig, cheung_scores, image_only_output, object_crops
 from zsad.prompts import read_class_prompts, winclip_prompts
-from zsad.text import encode_prompts, prototypes
+from zsad.text import prototypes
 
 __all__ = ["cheung_class", "cheung_ablation", "config_from_params", "get_detector", "class_prompts_for",
            "CHEUNG_METHODS", "ABLATION_ROWS"]
@@ -92,29 +93,46 @@ def class_prompts_for(cls: str, class_prompts=None) -> tuple[dict[str, list[str]
     return {side: list(prompts[side]) for side in ("normal", "abnormal")}, f"llm:{class_prompts}", None
 
 
-def _text_embeddings(loaded, prompts: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    normal = encode_prompts(loaded.model, loaded.tokenizer, prompts["normal"], wrapper=None)
-    abnormal = encode_prompts(loaded.model, loaded.tokenizer, prompts["abnormal"], wrapper=None)
+def _text_embeddings(loaded, prompts: dict, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+    normal = encode_prompts_cached(loaded, prompts["normal"], cache=cache, wrapper=None)
+    abnormal = encode_prompts_cached(loaded, prompts["abnormal"], cache=cache, wrapper=None)
     proto = prototypes(normal, abnormal, renormalise=True)
     return proto[0], proto[1]
 
 
 @torch.inference_mode()
-def _encode_pil(model, images: Sequence, size: int, batch_size: int = 16) -> torch.Tensor:
+def _encode_pil(model, images: Sequence, size: int, batch_size: int = 16, autocast: str | None = None) -> torch.Tensor:
     """L2-normalised ``encode_image`` of PIL images at ``size`` px, (N, D) float32."""
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
         pixels = torch.stack([preprocess(im, size) for im in images[i:i + batch_size]]).to(device)
-        out.append(F.normalize(model.encode_image(pixels).float(), dim=-1).cpu())
+        with autocast_context(device, autocast):
+            emb = model.encode_image(pixels)
+        out.append(F.normalize(emb.float(), dim=-1).cpu())
     return torch.cat(out)
 
 
+def _encode_crops(loaded, crops: Sequence, size: int, cache=None, autocast: str | None = None) -> torch.Tensor:
+    """:func:`_encode_pil` of object crops through the feature cache (kind ``crops``, keyed by the crop's pixels), so
+    the ablation rows and re-runs do not encode the same crops again."""
+    if cache is None:
+        return _encode_pil(loaded.model, crops, size, _CROP_BATCH, autocast)
+    params = {"size": int(size), "preprocess": "clip_transform: square bicubic resize, ToTensor, Normalize",
+              "output": "encode_image, l2", "autocast": autocast}
+    lk = cache.lookup("crops", loaded, params, crops, expect=("embedding",))
+    if lk.missing:
+        fresh = _encode_pil(loaded.model, [crops[i] for i in lk.missing], size, _CROP_BATCH, autocast)
+        for j, i in enumerate(lk.missing):
+            lk.store(i, {"embedding": fresh[j]})
+    return lk.stack("embedding")
+
+
 def _class_features(loaded, cls: str, test: Sequence[ImageRecord], cfg: CheungConfig, detector_spec, seed: int,
-                    progress: bool, cache=None) -> dict:
+                    progress: bool, cache=None, autocast: str | None = None) -> dict:
     """Everything prompt-independent: whole-image and crop embeddings, detections and crops of each image."""
     tokens = extract_tokens(loaded, test, (cfg.image_size,), progress=progress, desc=f"{cls} images",
-                            cache=cache)
+                            cache=cache, autocast=autocast)
     e_image = tokens.clip[cfg.image_size][:, 0].double()  # CLS of the ordinary stream, L2-normalised
     feats = {"e_image": e_image, "e_object": None, "detector": None}
     if not cfg.use_detection:
@@ -141,7 +159,7 @@ def _class_features(loaded, cls: str, test: Sequence[ImageRecord], cfg: CheungCo
                 pending.append(image.crop(box))
                 owner.append(i)
         if len(pending) >= _CROP_BATCH or (pending and i == len(test) - 1):  # bounded memory on large images
-            emb = _encode_pil(loaded.model, pending, cfg.image_size, _CROP_BATCH).double()
+            emb = _encode_crops(loaded, pending, cfg.image_size, cache, autocast).double()
             sums.index_add_(0, torch.tensor(owner), emb)
             counts += torch.bincount(torch.tensor(owner), minlength=len(test)).double()
             pending, owner = [], []
@@ -171,11 +189,13 @@ def cheung_class(loaded, cls: str, test_records: Sequence[ImageRecord], refs: Se
     """Cheung et al. on one class (the study adapter, same signature as ``zsad.study._fade_class``)."""
     cfg = config_from_params(params)
     feats = _class_features(loaded, cls, test_records, cfg, params.get("detector"),
-                            int(params.get("detector_seed") or 0), progress, params.get("cache"))
+                            int(params.get("detector_seed") or 0), progress, params.get("cache"),
+                            params.get("autocast"))
     prompts, source, note = class_prompts_for(cls, params.get("class_prompts"))
     row = ("Ours" if source != "winclip" else "Ours w/o prompt generation") if cfg.use_detection else \
         "Ours w/o object detection"
-    return _output(feats, prompts, source, note, cfg, _text_embeddings(loaded, prompts), row, refs)
+    return _output(feats, prompts, source, note, cfg, _text_embeddings(loaded, prompts, params.get("cache")), row,
+                   refs)
 
 
 def cheung_ablation(loaded, cls: str, test_records: Sequence[ImageRecord], refs: Sequence[ImageRecord],
@@ -187,13 +207,14 @@ def cheung_ablation(loaded, cls: str, test_records: Sequence[ImageRecord], refs:
     """
     cfg = replace(config_from_params(params), use_detection=True)
     feats = _class_features(loaded, cls, test_records, cfg, params.get("detector"),
-                            int(params.get("detector_seed") or 0), progress, params.get("cache"))
+                            int(params.get("detector_seed") or 0), progress, params.get("cache"),
+                            params.get("autocast"))
     llm, llm_source, llm_note = class_prompts_for(cls, params.get("class_prompts"))
     if llm_source == "winclip" and not llm_note:
         llm_note = "no class_prompts given: the full row uses the WinCLIP ensemble (= w/o prompt generation)"
     fixed, fixed_source, _ = class_prompts_for(cls, None)
-    t_llm = _text_embeddings(loaded, llm)
-    t_fixed = t_llm if llm_source == fixed_source else _text_embeddings(loaded, fixed)
+    t_llm = _text_embeddings(loaded, llm, params.get("cache"))
+    t_fixed = t_llm if llm_source == fixed_source else _text_embeddings(loaded, fixed, params.get("cache"))
     no_det = replace(cfg, use_detection=False)
     return {
         "full": _output(feats, llm, llm_source, llm_note, cfg, t_llm, ABLATION_ROWS["full"][0], refs),

@@ -132,21 +132,32 @@ def language_map(test: TokenSet, prototypes: torch.Tensor, cfg: FadeConfig) -> t
     return _fuse_scales(grids, cfg.fade_compat)
 
 
-def vision_map(test: TokenSet, cfg: FadeConfig, refs: TokenSet | None = None) -> torch.Tensor:
-    """M_vis before the multiplier: (N, G, G). Zero-shot uses each image's own patches (2nd neighbour)."""
+def vision_distances(test: TokenSet, cfg: FadeConfig, refs: TokenSet | None = None) -> dict[int, torch.Tensor]:
+    """Per size of ``cfg.sizes``, each test patch's nearest-neighbour distance, (N, g*g): zero-shot over the image's
+    own patches (2nd neighbour, the 1st is the patch itself), k-shot over all reference patches (1st neighbour).
+
+    A row depends only on its own image (and the references), so rows can be computed, cached and reused per image.
+    """
     stream = test.stream(cfg.vision_stream)
-    grids = []
+    out = {}
     for s in cfg.sizes:
         patches = stream[s][:, 1:]
         if cfg.shots == 0:
-            dist = torch.stack([knn_distance(p, p, k=2) for p in patches])
+            out[s] = torch.stack([knn_distance(p, p, k=2) for p in patches])
         else:
             if refs is None or s not in refs.stream(cfg.vision_stream):
                 raise ValueError(f"{cfg.shots}-shot FADE needs reference tokens at {s} px ({cfg.vision_stream})")
             memory = refs.stream(cfg.vision_stream)[s][:, 1:].reshape(-1, patches.shape[-1])
-            dist = knn_distance(patches.reshape(-1, patches.shape[-1]), memory, k=1).reshape(patches.shape[:2])
-        grids.append(_to_grids(dist))
-    return _fuse_scales(grids, cfg.fade_compat)
+            out[s] = knn_distance(patches.reshape(-1, patches.shape[-1]), memory, k=1).reshape(patches.shape[:2])
+    return out
+
+
+def vision_map(test: TokenSet, cfg: FadeConfig, refs: TokenSet | None = None,
+               distances: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """M_vis before the multiplier: (N, G, G), fused over scales; ``distances`` as :func:`vision_distances` returns
+    them (computed here when not given)."""
+    distances = vision_distances(test, cfg, refs) if distances is None else distances
+    return _fuse_scales([_to_grids(distances[s]) for s in cfg.sizes], cfg.fade_compat)
 
 
 def _final_maps(fused: torch.Tensor, cfg: FadeConfig) -> np.ndarray:
@@ -158,20 +169,23 @@ def _final_maps(fused: torch.Tensor, cfg: FadeConfig) -> np.ndarray:
 
 
 def fade(test: TokenSet, cfg: FadeConfig, *, ac_prototypes: torch.Tensor | None = None,
-         as_prototypes: torch.Tensor | None = None, refs: TokenSet | None = None) -> MethodOutput:
+         as_prototypes: torch.Tensor | None = None, refs: TokenSet | None = None,
+         vision: dict[int, torch.Tensor] | None = None) -> MethodOutput:
     """Run FADE on one class: image scores (N,) and anomaly maps (N, eval_size, eval_size).
 
     test : tokens of the test images at ``cfg.ac_size`` and every size of ``cfg.sizes``
     ac_prototypes, as_prototypes : (2, D) text prototypes ``[normal, abnormal]`` for classification (class-name
         prompts) and segmentation (the "object" ensemble); needed by the language and both modes
     refs : tokens of the k reference images (k-shot only)
+    vision : :func:`vision_distances` of these test images for this config when already known (e.g. from the
+        feature cache); computed from ``test`` and ``refs`` otherwise
     """
     cfg = cfg.resolved()
     needs_lang_ac, needs_lang_as = cfg.ac_mode != "vision", cfg.as_mode != "vision"
     needs_vis = cfg.ac_mode != "language" or cfg.as_mode != "language"
     if (needs_lang_ac and ac_prototypes is None) or (needs_lang_as and as_prototypes is None):
         raise ValueError("language-guided FADE needs text prototypes (ac_prototypes and as_prototypes)")
-    m_vis = vision_map(test, cfg, refs) * cfg.vision_multiplier if needs_vis else None
+    m_vis = vision_map(test, cfg, refs, vision) * cfg.vision_multiplier if needs_vis else None
     m_lang = language_map(test, as_prototypes, cfg) if needs_lang_as else None
     s_lang = None
     if needs_lang_ac:

@@ -67,9 +67,10 @@ def _check_lengths(tokenizer, texts) -> int:
     return longest
 
 
-def prepare_detector(loaded, cfg: TamuraConfig, object_name: str):
-    """Build the prompt set, encode it and train the FFN: ``(net, info)`` (memoised, see the module docstring)."""
-    from zsad.text import encode_prompts
+def prepare_detector(loaded, cfg: TamuraConfig, object_name: str, cache=None):
+    """Build the prompt set, encode it (through the feature cache when given) and train the FFN: ``(net, info)``
+    (memoised, see the module docstring)."""
+    from zsad.cache import encode_prompts_cached
 
     key = (cfg, object_name)
     memo = _MEMO.setdefault(loaded.model, {})
@@ -85,7 +86,7 @@ def prepare_detector(loaded, cfg: TamuraConfig, object_name: str):
     texts, inverse = ps.unique()
     wrapped = [cfg.wrapper.format(t) for t in texts] if cfg.wrapper else texts
     longest = _check_lengths(loaded.tokenizer, wrapped)
-    emb = encode_prompts(loaded.model, loaded.tokenizer, texts, wrapper=cfg.wrapper, normalise=True).cpu()
+    emb = encode_prompts_cached(loaded, texts, cache=cache, wrapper=cfg.wrapper, normalise=True).cpu()
     t_encode = time.perf_counter() - t0
     net, history = train_ffn(emb[torch.from_numpy(inverse)], ps.labels, cfg)
     examples = {side: [ps.texts[i] for i in range(len(ps)) if ps.labels[i] == label][:5]
@@ -104,9 +105,9 @@ def tamura_class(loaded, cls, test, refs, params, progress) -> MethodOutput:
 
     cfg = tamura_config(params.get("options"))
     object_name = "object" if cfg.object_word == "object" else class_prompt_name(cls)
-    net, info = prepare_detector(loaded, cfg, object_name)
+    net, info = prepare_detector(loaded, cfg, object_name, params.get("cache"))
     windows = extract_window_tokens(loaded.model, test, scales=cfg.scales, progress=progress,
-                                    desc=f"{cls} test", cache=params.get("cache"))
+                                    desc=f"{cls} test", cache=params.get("cache"), autocast=params.get("autocast"))
     out = score_windows(windows, lambda e: ffn_probability(net, e, cfg.temperature), cfg)
     out.info.update({**asdict(cfg), "scales": list(cfg.scales), **info, "references_ignored": len(refs or [])})
     return out
