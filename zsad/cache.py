@@ -337,6 +337,18 @@ class FeatureCache:
         digests = list(digests) if digests is not None else [self.digest(it) for it in items]
         return Lookup(self, kind, [self.key_document(kind, model_id, d, params) for d in digests], tuple(expect))
 
+    def compute_missing(self, kind: str, model, params: dict, items: Sequence, compute, *, names: Iterable[str],
+                        digests: Sequence[str] | None = None) -> "Lookup":
+        """Look every item up, and for the misses call ``compute(positions)``, which returns ``{name: tensor}`` with
+        one row per given position (in that order); each row is stored. Returns the complete :class:`Lookup`."""
+        names = tuple(names)
+        lk = self.lookup(kind, model, params, items, expect=names, digests=digests)
+        if lk.missing:
+            fresh = compute(lk.missing)
+            for j, i in enumerate(lk.missing):
+                lk.store(i, {name: fresh[name][j] for name in names})
+        return lk
+
     # -- maintenance
     def _entries(self, kind: str) -> list[Path]:
         folder = self.root / kind
@@ -490,13 +502,13 @@ def encode_prompts_cached(model, prompts: Sequence[str], *, cache: FeatureCache 
     # encode each prompt once
     params = {"wrapper": wrapper, "normalise": bool(normalise)}
     digests = ["prompt:" + hashlib.sha256(p.encode()).hexdigest() for p in prompts]
-    lk = cache.lookup("text", model, params, [None] * len(prompts), expect=("embedding",), digests=digests)
-    if lk.missing:
-        fresh = encode_prompts(module, tok, [prompts[i] for i in lk.missing], wrapper=wrapper, normalise=normalise,
-                               **kwargs)
-        for j, i in enumerate(lk.missing):
-            lk.store(i, {"embedding": fresh[j]})
-    return lk.stack("embedding")
+
+    def compute(missing):
+        return {"embedding": encode_prompts(module, tok, [prompts[i] for i in missing], wrapper=wrapper,
+                                            normalise=normalise, **kwargs)}
+
+    return cache.compute_missing("text", model, params, [None] * len(prompts), compute, names=("embedding",),
+                                 digests=digests).stack("embedding")
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

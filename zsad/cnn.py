@@ -278,12 +278,13 @@ def _cached_patch_features(cnn: LoadedCNN, items: list, cache, *, size: int, lay
     params = {"size": int(size), "preprocess": "imagenet_transform: square bicubic resize, ToTensor, Normalize",
               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "layers": list(layers), "dim": int(dim),
               "patch": "avg_pool 3x3, bilinear to first layer, adaptive channel pool", "autocast": autocast}
-    lk = cache.lookup("cnn", cnn, params, items, expect=("features", "grid"))
-    if lk.missing:
-        fresh, grid = extract_patch_features(cnn, [items[i] for i in lk.missing], size=size, layers=layers, dim=dim,
+
+    def compute(missing):
+        fresh, grid = extract_patch_features(cnn, [items[i] for i in missing], size=size, layers=layers, dim=dim,
                                              batch_size=batch_size, progress=progress, desc=desc, autocast=autocast)
-        for j, i in enumerate(lk.missing):
-            lk.store(i, {"features": fresh[j], "grid": torch.tensor(grid, dtype=torch.int64)})
+        return {"features": fresh, "grid": torch.tensor(grid, dtype=torch.int64).expand(len(missing), 2)}
+
+    lk = cache.compute_missing("cnn", cnn, params, items, compute, names=("features", "grid"))
     grids = {tuple(int(v) for v in lk.get(i)["grid"]) for i in range(len(items))}
     if len(grids) != 1:  # cannot happen for one size and layer set; a guard against a foreign entry
         raise ValueError(f"cached CNN features disagree on the patch grid: {sorted(grids)}")

@@ -134,15 +134,13 @@ def _cached_vision_distances(loaded, test, refs, tokens, ref_tokens, cfg, cache,
     out = {}
     for size in cfg.sizes:
         params = {"tokens": token_params(size, autocast), "stream": cfg.vision_stream, "memory": memory}
-        lk = cache.lookup("knn", loaded, params, test, expect=("distance",))
-        if lk.missing:
-            part = TokenSet([tokens.relpaths[i] for i in lk.missing])
-            index = torch.tensor(lk.missing)
+
+        def compute(missing, size=size):
+            part, index = TokenSet([tokens.relpaths[i] for i in missing]), torch.tensor(missing)
             part.clip[size], part.gem[size] = tokens.clip[size][index], tokens.gem[size][index]
-            fresh = vision_distances(part, replace(cfg, sizes=(size,)), ref_tokens)[size]
-            for j, i in enumerate(lk.missing):
-                lk.store(i, {"distance": fresh[j]})
-        out[size] = lk.stack("distance")
+            return {"distance": vision_distances(part, replace(cfg, sizes=(size,)), ref_tokens)[size]}
+
+        out[size] = cache.compute_missing("knn", loaded, params, test, compute, names=("distance",)).stack("distance")
     return out
 
 

@@ -315,14 +315,14 @@ def _cached_window_tokens(model, records: Sequence, cache, *, size: int, scales:
               "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "scales": order, "stride": int(stride),
               "patch_stream": patch_stream, "normalise": "l2", "autocast": autocast}
     names = ("cls", "patch", *(f"windows.{s}" for s in order))
-    lk = cache.lookup("windows", model, params, records, expect=names)
-    if lk.missing:
-        fresh = extract_window_tokens(module, [records[i] for i in lk.missing], size=size, scales=scales,
+
+    def compute(missing):
+        fresh = extract_window_tokens(module, [records[i] for i in missing], size=size, scales=scales,
                                       stride=stride, batch_size=batch_size, progress=progress,
                                       patch_stream=patch_stream, desc=desc, autocast=autocast)
-        for j, i in enumerate(lk.missing):
-            lk.store(i, {"cls": fresh.cls[j], "patch": fresh.patch[j],
-                         **{f"windows.{s}": w[j] for s, w in fresh.windows.items()}})
+        return {"cls": fresh.cls, "patch": fresh.patch, **{f"windows.{s}": w for s, w in fresh.windows.items()}}
+
+    lk = cache.compute_missing("windows", model, params, records, compute, names=names)
     return WindowTokens(
         relpaths=[r.relpath for r in records],
         cls=lk.stack("cls"),

@@ -120,12 +120,10 @@ def _encode_crops(loaded, crops: Sequence, size: int, cache=None, autocast: str 
         return _encode_pil(loaded.model, crops, size, _CROP_BATCH, autocast)
     params = {"size": int(size), "preprocess": "clip_transform: square bicubic resize, ToTensor, Normalize",
               "output": "encode_image, l2", "autocast": autocast}
-    lk = cache.lookup("crops", loaded, params, crops, expect=("embedding",))
-    if lk.missing:
-        fresh = _encode_pil(loaded.model, [crops[i] for i in lk.missing], size, _CROP_BATCH, autocast)
-        for j, i in enumerate(lk.missing):
-            lk.store(i, {"embedding": fresh[j]})
-    return lk.stack("embedding")
+    return cache.compute_missing(
+        "crops", loaded, params, crops, names=("embedding",),
+        compute=lambda missing: {"embedding": _encode_pil(loaded.model, [crops[i] for i in missing], size,
+                                                          _CROP_BATCH, autocast)}).stack("embedding")
 
 
 def _class_features(loaded, cls: str, test: Sequence[ImageRecord], cfg: CheungConfig, detector_spec, seed: int,
