@@ -22,6 +22,8 @@ from zsad.cache import FeatureCache, model_identity, unwrap_model
 from zsad.data import CLIP_MEAN, CLIP_STD, ImageRecord, load_image, preprocess
 from zsad.gem import DEFAULT_GEM_DEPTH, DEFAULT_SS_ATTN_ITER, encode_tokens
 
+#: How dataset images become pixels for the CLIP tower (part of every cache key of its outputs).
+CLIP_PREPROCESS = "clip_transform: square bicubic resize, ToTensor, Normalize"
 #: ``autocast`` values of :func:`extract_tokens` and the dtype each runs the tower in (None: float32, no autocast).
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -45,7 +47,7 @@ class TokenSet:
 
 def token_params(size: int, autocast: str | None = None) -> dict:
     """The cache key parameters of one ``tokens`` entry (everything besides model and image that shapes it)."""
-    return {"size": int(size), "preprocess": "clip_transform: square bicubic resize, ToTensor, Normalize",
+    return {"size": int(size), "preprocess": CLIP_PREPROCESS,
             "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "streams": ["clip", "gem"], "normalise": "l2",
             "gem_depth": DEFAULT_GEM_DEPTH, "ss_attn_iter": DEFAULT_SS_ATTN_ITER, "ss_attn_temp": None,
             "autocast": autocast}

@@ -15,7 +15,6 @@ looks complete; ``provenance.json`` is written last and is the marker of a finis
 from __future__ import annotations
 
 import functools
-
 import json
 import os
 import platform

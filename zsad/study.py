@@ -15,7 +15,7 @@ from zsad.cache import FeatureCache, encode_prompts_cached
 from zsad.cnn import default_cnn_checkpoint, extract_patch_features, load_wide_resnet50
 from zsad.data import class_prompt_name, load_dataset, load_mask, sample_references
 from zsad.evaluate import metrics_table
-from zsad.features import AUTOCAST_DTYPES, TokenSet, check_autocast, extract_tokens, token_params
+from zsad.features import TokenSet, check_autocast, extract_tokens, token_params
 from zsad.methods.base import resize_maps
 from zsad.methods.cheung_run import CHEUNG_METHODS
 from zsad.methods.fade import FadeConfig, fade, vision_distances
@@ -238,9 +238,8 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
         raise ValueError("cheung (the full method) needs class prompts from the LLM: pass class_prompts / "
                          "--class-prompts, e.g. prompts/llm_class_mvtec.json; cheung_no_prompt_generation is the "
                          "row without them")
-    autocast = autocast or None
-    if autocast not in (None, *AUTOCAST_DTYPES):
-        raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
+    autocast, device = autocast or None, _default_device(device)
+    check_autocast(autocast, torch.device(device))  # before any data or model is loaded; fp16 needs CUDA
     if method == "fade" and not prompts and not winclip_in_segmentation:
         raise ValueError("the segmentation ensemble is empty: give prompt files or keep the WinCLIP prompts")
     kind, data_root = config.resolve_dataset(dataset, root)
@@ -261,7 +260,7 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
               "detector": config.display_path(detector) if detector else None, "n_boot": n_boot,
               "setting": _setting(shots) + (f" {variant}" if variant else ""), "options": dict(options or {}),
               "winclip_in_segmentation": winclip_in_segmentation, "autocast": autocast,
-              "device": _default_device(device)}
+              "device": device}
     if method == "fade":
         try:
             _fade_config(params).resolved()
@@ -272,7 +271,6 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
     loaded = _load_weights(family, model, weights, params["device"])
     if family == "cnn":
         params["model"] = loaded.name
-    check_autocast(autocast, next(loaded.model.parameters()).device)  # fp16 needs CUDA
     feature_cache = FeatureCache() if cache is True else (cache or None)
     parts = []
     for cls in sorted(by_class):

@@ -304,6 +304,7 @@ def _cached_window_tokens(model, records: Sequence, cache, *, size: int, scales:
     """:func:`extract_window_tokens` through the feature cache: look up, compute the misses uncached, store."""
     from zsad.cache import unwrap_model
     from zsad.data import CLIP_MEAN, CLIP_STD
+    from zsad.features import CLIP_PREPROCESS
 
     if patch_stream not in PATCH_STREAMS:
         raise ValueError(f"patch_stream must be one of {PATCH_STREAMS}, got {patch_stream!r}")
@@ -311,7 +312,7 @@ def _cached_window_tokens(model, records: Sequence, cache, *, size: int, scales:
     ph, pw = _check_tower(module).conv1.kernel_size
     grid = (size // ph, size // pw)
     order = list(window_masks(grid, scales, stride))  # validates scales/stride; the order of the windows dict
-    params = {"size": int(size), "preprocess": "clip_transform: square bicubic resize, ToTensor, Normalize",
+    params = {"size": int(size), "preprocess": CLIP_PREPROCESS,
               "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "scales": order, "stride": int(stride),
               "patch_stream": patch_stream, "normalise": "l2", "autocast": autocast}
     names = ("cls", "patch", *(f"windows.{s}" for s in order))

@@ -41,7 +41,7 @@ from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ip
 from zsad.cache import encode_prompts_cached
 from zsad.data import ImageRecord, class_prompt_name, load_image, preprocess
 from zsad.detector import LoadedDetector, caption, detect, load_detector
-from zsad.features import autocast_context, extract_tokens
+from zsad.features import CLIP_PREPROCESS, autocast_context, extract_tokens
 from zsad.methods.base import MethodOutput
 from zsad.methods.cheung import CheungConfig, cheung_scores, image_only_output, object_crops
 from zsad.prompts import read_class_prompts, winclip_prompts
@@ -118,7 +118,7 @@ def _encode_crops(loaded, crops: Sequence, size: int, cache=None, autocast: str 
     the ablation rows and re-runs do not encode the same crops again."""
     if cache is None:
         return _encode_pil(loaded.model, crops, size, _CROP_BATCH, autocast)
-    params = {"size": int(size), "preprocess": "clip_transform: square bicubic resize, ToTensor, Normalize",
+    params = {"size": int(size), "preprocess": CLIP_PREPROCESS,
               "output": "encode_image, l2", "autocast": autocast}
     return cache.compute_missing(
         "crops", loaded, params, crops, names=("embedding",),
