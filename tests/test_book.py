@@ -60,3 +60,13 @@ def test_page_renders_in_chromium(built_book, page, tmp_path):
         for src in srcs:
             with Image.open((built_book / page).parent / src) as im:
                 assert im.size[0] > 0 and im.size[1] > 0
+
+
+def test_bad_input_page_names_only_tests_that_exist():
+    import re
+
+    page = (PROJECT_ROOT / "book" / "bad_input.md").read_text()
+    named = set(re.findall(r"`(test_[a-z0-9_]+)`", page))
+    sources = "\n".join(p.read_text() for p in (PROJECT_ROOT / "tests").glob("test_*.py"))
+    defined = set(re.findall(r"^def (test_[a-z0-9_]+)\(", sources, flags=re.M))
+    assert len(named) >= 15 and named <= defined, sorted(named - defined)

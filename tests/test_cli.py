@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from zsad.cli import main
 from zsad.evaluate import metrics_table
@@ -61,3 +62,45 @@ def test_grid_runs_a_table_and_refuses_other_tables_parameters(synth_root, tmp_p
         "winclip_0shot_class-names_seed0"]
     assert main(["grid", "tamura", *common, "--shots", "1"]) == 2
     assert "table 'tamura' has no parameter shots; its parameters: random_words" in capsys.readouterr().err
+
+
+def test_grid_runs_every_requested_shot_count_or_refuses():
+    from zsad.tables import grid_settings, skipped_pairs
+
+    got = [(s["method"], s["shots"]) for s in grid_settings("fade,winclip,patchcore", "0,3")]
+    assert got == [("fade", 0), ("fade", 3), ("winclip", 0), ("winclip", 3), ("patchcore", 3)]
+    assert [(s["method"], s["shots"]) for s in grid_settings("fade", 3)] == [("fade", 3)]  # a scalar (papermill)
+    assert skipped_pairs("fade,patchcore", "0,1") == ["patchcore 0-shot (patchcore: k-shot only, shots >= 1)"]
+    with pytest.raises(ValueError, match="no method of patchcore has a 0-shot setting; patchcore: k-shot only"):
+        grid_settings("patchcore", "0")
+    with pytest.raises(ValueError, match="unknown method 'fadee'"):
+        grid_settings("fadee", "0")
+
+
+def test_grid_checks_every_run_before_the_first_computes(synth_root, tmp_path, monkeypatch, capsys):
+    import zsad.tables
+
+    monkeypatch.setattr(zsad.tables, "execute", lambda *a, **k: pytest.fail("a run computed before all were checked"))
+    settings = [{"method": "fade", "shots": 0}, {"method": "fade", "shots": 99}]  # the later one is impossible
+    with pytest.raises(ValueError, match="99 shots requested but only 8"):
+        zsad.tables.run_settings("t", settings, datasets="synthetic", roots=str(synth_root), seeds="0",
+                                 model="zsad-tiny-vit", results_dir=tmp_path)
+    with pytest.raises(ValueError, match="sizes applies to none of this table's methods \\(winclip\\)"):
+        zsad.tables.run_settings("t", [{"method": "winclip", "shots": 0}], datasets="synthetic",
+                                 roots=str(synth_root), sizes="240", results_dir=tmp_path)
+    assert main(["grid", "main", "--datasets", "synthetic", "--roots", str(synth_root), "--methods", "patchcore",
+                 "--shots", "0", "--results-dir", str(tmp_path)]) == 2
+    assert "no method of patchcore has a 0-shot setting" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--sizes", "abc"], "--sizes must be comma-separated integers"),
+    (["--max-images", "-1"], "max_images must be an integer >= 2"),
+    (["--n-boot", "-1"], "n_boot must be an integer >= 0 (0: no intervals)"),
+    (["--method", "winclip", "--mode", "vision"], "winclip does not use --mode"),
+])
+def test_cli_predict_bad_options_are_clear(argv, msg, synth_root, tmp_path, capsys):
+    assert main(["predict", "--dataset", "synthetic", "--root", str(synth_root), "--out", str(tmp_path / "r"),
+                 *argv]) == 2
+    assert msg in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -67,7 +67,7 @@ def test_provenance_contents(tmp_path):
 
 def test_existing_folder_is_refused_unless_overwrite(tmp_path):
     write_run(tmp_path / "r", _metrics(), _predictions(), _prov())
-    with pytest.raises(RunFolderError, match="exists already"):
+    with pytest.raises(RunFolderError, match="a run folder exists there already; .* --overwrite"):
         write_run(tmp_path / "r", _metrics(), _predictions(), _prov())
     m = _metrics()
     m["value"] = 0.25
@@ -118,3 +118,88 @@ def test_unfinished_or_missing_runs_are_reported(tmp_path):
 def test_write_text_atomic(tmp_path):
     path = results.write_text_atomic(tmp_path / "sub" / "a.txt", "hello\n")
     assert path.read_text() == "hello\n" and [p.name for p in path.parent.iterdir()] == ["a.txt"]
+
+
+def test_overwrite_never_replaces_a_folder_zsad_did_not_write(tmp_path):
+    # the data-loss defect: `--root X --out X --overwrite` deleted the dataset
+    data = tmp_path / "dataset"
+    (data / "bottle" / "test" / "good").mkdir(parents=True)
+    (data / "bottle" / "test" / "good" / "000.png").write_bytes(b"png")
+    with pytest.raises(RunFolderError, match="not a run folder written by zsad.*--overwrite or not"):
+        write_run(data, _metrics(), _predictions(), _prov(), overwrite=True)
+    assert (data / "bottle" / "test" / "good" / "000.png").read_bytes() == b"png"
+    # a run folder with a file the user added is not ours alone either
+    run = write_run(tmp_path / "run", _metrics(), _predictions(), _prov())
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="not a run folder written by zsad"):
+        write_run(run, _metrics(), _predictions(), _prov(), overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine"
+    # a provenance.json that is not ours does not make a folder ours
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "provenance.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="not a run folder written by zsad"):
+        write_run(fake, _metrics(), _predictions(), _prov(), overwrite=True)
+    # an existing file as --out, and a run folder inside the protected dataset root
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(RunFolderError, match="file.txt: exists and is not a folder"):
+        write_run(tmp_path / "file.txt", _metrics(), _predictions(), _prov())
+    with pytest.raises(RunFolderError, match="inside or over .*dataset"):
+        results.check_run_target(data / "run", protect=[data])
+    with pytest.raises(RunFolderError, match="inside or over"):
+        results.check_run_target(tmp_path, protect=[data])
+    assert results.check_run_target(tmp_path / "empty-new", protect=[data]) == tmp_path / "empty-new"
+
+
+def test_run_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    run = write_run(tmp_path / "r", _metrics(), _predictions(), _prov())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(run.stat().st_mode) == 0o777 & ~umask
+    for name in results.RUN_FILES:
+        assert stat.S_IMODE((run / name).stat().st_mode) == 0o666 & ~umask
+    text = results.write_text_atomic(tmp_path / "m.csv", "a\n")
+    assert stat.S_IMODE(text.stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("damage", ["truncate", "crc"])
+def test_damaged_predictions_file_is_a_clear_error(tmp_path, damage, capsys):
+    from zsad.cli import main
+
+    run = write_run(tmp_path / "r", _metrics(), _predictions(n=4, size=64), _prov())
+    path = run / "predictions.npz"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:  # flip bytes inside the deflated maps member: the zip CRC no longer matches
+        i = data.find(b"maps.npy") + 200
+        data[i:i + 16] = bytes(b ^ 0xFF for b in data[i:i + 16])
+    path.write_bytes(bytes(data))
+    with pytest.raises(RunFolderError, match="predictions.npz: not a readable predictions .npz, truncated or corrupt"):
+        read_predictions(path)
+    assert main(["eval", "--predictions", str(path), "--n-boot", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "zsad: error:" in err and "Traceback" not in err
+
+
+def test_commit_is_dirty_only_for_changes_in_code_prompts_or_data(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for rel in ("zsad/a.py", "notebooks/t.ipynb", "prompts/p.json"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("0\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    assert not results.git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "notebooks/t.ipynb").write_text("executed\n")  # papermill rewrites notebooks in place
+    (tmp_path / "untracked.txt").write_text("x")
+    assert not results.git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "prompts/p.json").write_text("1\n")
+    assert results.git_commit(tmp_path).endswith("+dirty")

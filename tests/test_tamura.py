@@ -282,11 +282,9 @@ def test_prompt_longer_than_the_context_is_refused(loaded):
 
 def test_through_the_study(synth_root, monkeypatch):
     import zsad.study
-    from zsad.methods.tamura_run import tamura_class as run
 
-    monkeypatch.setitem(zsad.study.METHODS, "tamura", (run, "clip"))
     res = zsad.study.predict("tamura", "synthetic", synth_root, classes="weave", model="zsad-tiny-vit",
-                             sizes=(240,), n_boot=0, max_images=6, progress=False,
+                             n_boot=0, max_images=6, progress=False,
                              options={"samples_per_side": 100, "epochs": 3})
     pred = res["predictions"]
     assert pred["maps"].shape == (6, 448, 448) and ((0 <= pred["scores"]) & (pred["scores"] <= 1)).all()

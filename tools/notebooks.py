@@ -5,6 +5,7 @@ can check them. Edit a notebook here (or in JupyterLab, then port the change her
 """
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
 
@@ -15,7 +16,11 @@ md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 
 
 def params(text: str):
-    return code(text.strip(), metadata={"tags": ["parameters"]})
+    """The ``parameters`` cell and, after papermill's injected cell, a hidden cell refusing unknown names."""
+    names = [t.id for node in ast.parse(text).body if isinstance(node, ast.Assign) for t in node.targets]
+    check = code(f"import zsad\n\nzsad.check_parameters(globals(), {tuple(names)!r})",
+                 metadata={"tags": ["remove-cell"]})
+    return [code(text.strip(), metadata={"tags": ["parameters"]}), check]
 
 
 PROVENANCE = code(
@@ -78,11 +83,11 @@ NOTEBOOKS["t02_main_results"] = [
        "reference draws (`seeds`); a single run shows its 95 % bootstrap interval over test images in brackets "
        "(class-mean pixel metrics carry none: a full pixel evaluation per resample costs minutes at MVTec scale)."),
     params(RUN_PARAMS + '''methods = "fade,winclip,patchcore"  # any of zsad.study.METHODS
-shots = "0,1,2,4"  # PatchCore skips 0
-sizes = "240,448,896"  # FADE's segmentation scales
+shots = "0,1,2,4"  # PatchCore has no 0-shot row
+sizes = "240,448,896"  # FADE's segmentation scales (empty when methods has no fade)
 '''),
     code("import matplotlib.pyplot as plt\nfrom IPython.display import Markdown\n\nimport zsad\n\n"
-         f"res = zsad.run_grid(\"t02_main\", methods=methods, shots=shots, sizes=sizes, {RUN_KW})\n"
+         f"res = zsad.run_grid(\"t02_main\", methods=methods, shots=shots, sizes=sizes or None, {RUN_KW})\n"
          "summary = zsad.summarise(res[\"metrics\"])"),
     WEIGHTS,
     md("**Anomaly classification** (image level: AUROC, AUPR by the trapezoid rule, best F1) and **anomaly "
@@ -222,7 +227,7 @@ per_group = 2  # images per group (top anomalous, lowest anomalous, top normal)
 
 def write(name: str) -> Path:
     nb = nbf.v4.new_notebook()
-    nb.cells = NOTEBOOKS[name]
+    nb.cells = [c for cell in NOTEBOOKS[name] for c in (cell if isinstance(cell, list) else [cell])]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = HERE / f"{name}.ipynb"
     nbf.write(nb, path)

@@ -18,7 +18,7 @@ _PUBLIC = {
     # data
     "load_dataset": "zsad.data", "list_classes": "zsad.data", "make_synthetic": "zsad.data",
     "sample_references": "zsad.data", "preprocess": "zsad.data", "load_image": "zsad.data",
-    "load_mask": "zsad.data", "DatasetError": "zsad.data",
+    "load_mask": "zsad.data", "DatasetError": "zsad.data", "ImageWarning": "zsad.data",
     # models
     "load_model": "zsad.backbone",
     # metrics and evaluation
@@ -37,11 +37,16 @@ _PUBLIC = {
     "tamura_settings": "zsad.tables", "cheung_settings": "zsad.tables",
     "shots_plot": "zsad.figures", "variant_plot": "zsad.figures", "gallery": "zsad.figures", "paper_reported": "zsad.paper",
     "FeatureCache": "zsad.cache",
+    "predict": "zsad.study", "check_parameters": "zsad.notebook",
     # where things are
     "paths": "zsad.config",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
 
 
 def __getattr__(name: str):

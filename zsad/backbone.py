@@ -96,6 +96,11 @@ def _read_state_dict(path: Path) -> dict:
     # Checkpoints saved from DistributedDataParallel prefix every key with "module.".
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
+    # NaN/inf weights would only show up later as NaN scores, far from their cause: name the tensor now.
+    bad = [k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or inf values, e.g. {bad[0]!r} (a corrupt or "
+                              "diverged checkpoint)")
     return obj
 
 

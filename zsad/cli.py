@@ -45,18 +45,15 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from zsad.backbone import default_checkpoint
-    from zsad.cnn import default_cnn_checkpoint
     from zsad.study import predict
     from zsad.tables import weights_text
 
-    res = predict(args.method, args.dataset, args.root, args.classes, model=args.model,
-                  checkpoint=args.checkpoint or default_checkpoint(),
-                  cnn_checkpoint=args.cnn_checkpoint or default_cnn_checkpoint(), shots=args.shots, seed=args.seed,
-                  mode=args.mode, sizes=args.sizes, prompts=args.prompts or (), class_prompts=args.class_prompts,
-                  detector=args.detector, max_images=args.max_images,
-                  n_boot=args.n_boot, cache=not args.no_cache, autocast=args.autocast, device=args.device, out=args.out,
-                  overwrite=args.overwrite)
+    # Options left out stay None: predict applies the method's defaults and refuses options the method does not use.
+    res = predict(args.method, args.dataset, args.root, args.classes, model=args.model, checkpoint=args.checkpoint,
+                  cnn_checkpoint=args.cnn_checkpoint, shots=args.shots, seed=args.seed, mode=args.mode,
+                  sizes=args.sizes, prompts=args.prompts, class_prompts=args.class_prompts, detector=args.detector,
+                  max_images=args.max_images, n_boot=args.n_boot, cache=not args.no_cache, autocast=args.autocast,
+                  device=args.device, out=args.out, overwrite=args.overwrite)
     wide = res["metrics"].pivot_table(index="class", columns="metric", values="value", sort=False)
     print(wide.to_string(float_format=lambda v: f"{v:.4f}"))
     print(weights_text({"run": res["provenance"]}))
@@ -65,7 +62,6 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_grid(args) -> int:
-    from zsad.backbone import default_checkpoint
     from zsad.tables import format_table, run_table, summarise, weights_text
 
     table_args = {k: v for k, v in (("methods", args.methods), ("shots", args.shots), ("scales", args.scales),
@@ -74,13 +70,18 @@ def _cmd_grid(args) -> int:
     if args.table == "gem-vs-clip" and "shots" in table_args:
         table_args["shots"] = int(table_args["shots"])  # one k for the k-shot rows
     run_kwargs = dict(datasets=args.datasets, roots=args.roots, seeds=args.seeds, results_dir=args.results_dir,
-                      executor=args.executor, model=args.model, checkpoint=args.checkpoint or default_checkpoint(),
+                      executor=args.executor, model=args.model, checkpoint=args.checkpoint,
                       max_images=args.max_images, n_boot=args.n_boot, autocast=args.autocast, device=args.device,
                       progress=not args.no_progress)
     for key in ("sizes", "class_prompts", "detector", "cnn_checkpoint"):  # else predict's defaults ($ZSAD_* variables)
         if getattr(args, key):
             run_kwargs[key] = getattr(args, key)
     res = run_table(args.table, table_args, **run_kwargs)
+    if args.table == "main":
+        from zsad.tables import skipped_pairs
+
+        for text in skipped_pairs(args.methods or "fade,winclip,patchcore", args.shots or "0,1,2,4"):
+            print(f"not run: {text}", file=sys.stderr)
     with_metrics = ("auroc", "aupr", "f1_max", "pauroc", "pro", "pf1_max")
     print(format_table(summarise(res["metrics"]), metrics=with_metrics).to_string())
     print(weights_text(res["provenance"]))
@@ -115,20 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="synthetic", choices=["synthetic", "mvtec", "visa", "magnetic_tile", "folder"])
     p.add_argument("--root", type=Path, help="dataset root (default: the embedded or configured one)")
     p.add_argument("--classes", help="comma-separated classes (default: all)")
-    p.add_argument("--model", default="ViT-B-16-plus-240", help="open_clip architecture (zsad-tiny-vit: tests)")
-    p.add_argument("--checkpoint", help="local open_clip checkpoint (default $ZSAD_CHECKPOINT; none: RANDOM WEIGHTS)")
-    p.add_argument("--cnn-checkpoint", help="torchvision WideResNet-50 file for patchcore (default $ZSAD_CNN_CHECKPOINT)")
+    p.add_argument("--model", help="CLIP methods: open_clip architecture [ViT-B-16-plus-240] (zsad-tiny-vit: tests)")
+    p.add_argument("--checkpoint", help="CLIP methods: local open_clip checkpoint (default $ZSAD_CHECKPOINT; none: "
+                                        "RANDOM WEIGHTS)")
+    p.add_argument("--cnn-checkpoint", help="patchcore: torchvision WideResNet-50 file (default $ZSAD_CNN_CHECKPOINT)")
     p.add_argument("--shots", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="few-shot reference sampling seed")
-    p.add_argument("--mode", default="both", choices=["language", "vision", "both"])
-    p.add_argument("--sizes", default="240,448,896", help="segmentation scales, multiples of 16")
-    p.add_argument("--prompts", help="comma-separated prompt files added to the segmentation ensemble")
+    p.add_argument("--mode", choices=["language", "vision", "both"], help="fade: guidance [both]")
+    p.add_argument("--sizes", help="fade: segmentation scales, multiples of 16 [240,448,896]")
+    p.add_argument("--prompts", help="fade: comma-separated LLM prompt files added to WinCLIP's segmentation "
+                                     "ensemble [llm_generic_seed0, as FADE]; none: WinCLIP's ensemble only")
     p.add_argument("--class-prompts", help="LLM class-prompt file (cheung; default: the WinCLIP ensemble)")
     p.add_argument("--detector", help="Grounding DINO folder in Hugging Face format (cheung; default: small RANDOM)")
-    p.add_argument("--max-images", type=int, help="test images per class (evenly spaced subset)")
+    p.add_argument("--max-images", type=int, help="test images per class, normal and defective in proportion (0: all)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for intervals (0: none)")
-    p.add_argument("--out", required=True, type=Path, help="run folder to write")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, type=Path, help="run folder to write (outside the dataset)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder (only one zsad wrote)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     p.add_argument("--autocast", choices=["bf16", "fp16"],
                    help="run the image towers under torch.autocast (fp16: CUDA only; default float32)")

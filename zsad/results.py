@@ -18,10 +18,9 @@ import functools
 import json
 import os
 import platform
-import shutil
 import subprocess
-import tempfile
 import zipfile
+import zlib
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -29,8 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zsad import atomic
+
 METRIC_COLUMNS = ["dataset", "class", "method", "setting", "shots", "seed", "metric", "value", "ci_low", "ci_high"]
 PREDICTION_KEYS = ("paths", "classes", "labels", "scores", "masks", "maps")
+RUN_FILES = ("metrics.csv", "predictions.npz", "provenance.json")
 _KEY_COLUMNS = METRIC_COLUMNS[:7]
 _TRACKED_PACKAGES = ("zsad", "torch", "torchvision", "open-clip-torch", "numpy", "scipy", "scikit-learn", "pandas",
                      "pillow", "opencv-python-headless", "transformers", "llama-cpp-python")
@@ -41,14 +43,22 @@ class RunFolderError(ValueError):
     """A run folder or predictions file that is missing, incomplete or malformed."""
 
 
+#: The tracked paths whose changes make a result "+dirty": what computes and what is computed on. Notebooks, book
+#: pages and tests are not among them (papermill rewrites the tracked notebooks in place while they run).
+DIRTY_PATHS = ("zsad", "prompts", "data", "pyproject.toml", "requirements.txt")
+
+
 def git_commit(path: str | os.PathLike | None = None) -> str:
-    """The commit of the working tree zsad runs from (``+dirty`` if it has changes), or ``"unknown"``."""
+    """The commit of the working tree zsad runs from, ``+dirty`` when a tracked file under :data:`DIRTY_PATHS`
+    differs from it, or ``"unknown"`` outside a git checkout."""
     cwd = Path(path) if path else Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True,
                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *DIRTY_PATHS],
+                               cwd=top, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return sha + ("+dirty" if dirty else "")
@@ -143,30 +153,57 @@ def _write_npz(path: Path, arrays: dict) -> None:
                 np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
 
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a folder zsad wrote as a run: a provenance file of ours, and no file zsad did not write
+    (so replacing it can only lose a result zsad can recompute)."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if any(p.name not in RUN_FILES for p in path.iterdir()):
+        return False
+    try:
+        prov = json.loads((path / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(prov, dict) and {"git_commit", "parameters", "packages"} <= set(prov)
+
+
+def check_run_target(run_dir: str | os.PathLike, *, overwrite: bool = False, protect=()) -> Path:
+    """Refuse a run-folder path before any work: an existing file, a folder that is not a zsad run folder (even with
+    ``overwrite``: it may be a user's data), an existing run folder without ``overwrite``, or a path inside or
+    above one of the ``protect`` folders (e.g. the dataset being evaluated). Returns the path."""
+    run_dir = Path(run_dir).expanduser()
+    resolved = run_dir.resolve()
+    for folder in protect:
+        folder = Path(folder).expanduser().resolve()
+        if resolved == folder or folder in resolved.parents or resolved in folder.parents:
+            raise RunFolderError(f"--out {run_dir}: refusing to write a run folder inside or over {folder} "
+                                 "(the dataset being evaluated); choose a folder outside it")
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise RunFolderError(f"--out {run_dir}: exists and is not a folder; choose another --out")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not is_run_folder(run_dir):
+            raise RunFolderError(f"--out {run_dir}: exists and is not a run folder written by zsad (it holds other "
+                                 "files or no provenance.json); refusing to replace it, --overwrite or not; choose "
+                                 "another --out")
+        if not overwrite:
+            raise RunFolderError(f"--out {run_dir}: a run folder exists there already; choose another --out, or "
+                                 "pass --overwrite (overwrite=True) to replace it")
+    return run_dir
+
+
 def write_run(run_dir: str | os.PathLike, metrics: pd.DataFrame, predictions: dict, prov: dict,
               *, overwrite: bool = False) -> Path:
-    """Write a complete run folder atomically and return its path."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not overwrite:
-        raise RunFolderError(f"{run_dir}: run folder exists already (choose another --out or pass overwrite)")
+    """Write a complete run folder atomically and return its path (rules of :func:`check_run_target`)."""
+    run_dir = check_run_target(run_dir, overwrite=overwrite)
     csv = metrics_csv_bytes(metrics)
     pred = _check_predictions(predictions)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
-    try:
+    with atomic.atomic_folder(run_dir, replace=True) as tmp:
         (tmp / "metrics.csv").write_bytes(csv)
         _write_npz(tmp / "predictions.npz", pred)
         (tmp / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True, default=str) + "\n")
-        if run_dir.exists():
-            old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
-            run_dir.rename(old)
-            tmp.rename(run_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        for name in RUN_FILES:
+            os.chmod(tmp / name, atomic.file_mode())
     return run_dir
 
 
@@ -179,8 +216,9 @@ def read_predictions(path: str | os.PathLike) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
             pred = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise RunFolderError(f"{path}: not a readable predictions .npz ({exc})") from exc
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise RunFolderError(f"{path}: not a readable predictions .npz, truncated or corrupted "
+                             f"({type(exc).__name__}: {exc}); re-run the prediction that wrote it") from None
     try:
         return _check_predictions(pred)
     except RunFolderError as exc:
@@ -198,18 +236,8 @@ def read_run(run_dir: str | os.PathLike) -> dict:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file through a temporary sibling and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a text file through a temporary sibling and a rename (:func:`zsad.atomic.write_text`)."""
+    return atomic.write_text(path, text)
 
 
 def provenance_markdown(prov: dict) -> str:

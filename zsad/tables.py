@@ -7,15 +7,18 @@ from pathlib import Path
 import pandas as pd
 
 from zsad import config
-from zsad.study import _names, predict
+from zsad.study import METHODS, SPECIFIC_ARGUMENTS, _names, execute, plan_run
 
-DEFAULT_SHOTS = {"fade": (0, 1, 2, 4), "winclip": (0, 1, 2, 4), "patchcore": (1, 2, 4)}
 #: FADE's Tab. 7 compares LLM ensembles; ours are five seeds of one generator (prompts/README.md).
 DEFAULT_PROMPT_FILES = ",".join(f"llm_generic_seed{i}" for i in range(5))
 
 
 def _ints(value) -> list[int]:
-    return [int(v) for v in (_names(value) if isinstance(value, str) else value)]
+    """Integers from ``"0,1"``, a scalar or a sequence; anything else is an error naming the value."""
+    try:
+        return [int(v) for v in _names(value)]
+    except (TypeError, ValueError):
+        raise ValueError(f"expected comma-separated integers, got {value!r}") from None
 
 
 def run_id(dataset: str, method: str, shots: int, seed: int, variant: str = "") -> str:
@@ -23,39 +26,74 @@ def run_id(dataset: str, method: str, shots: int, seed: int, variant: str = "") 
     return f"{dataset}/{method}_{shots}shot{'_' + slug if slug else ''}_seed{seed}"
 
 
+def _job_kwargs(setting: dict, predict_kwargs: dict) -> dict:
+    """A job's ``predict`` arguments: the setting's own (strict: the method must use them) over the table-wide ones,
+    of which method-specific arguments (:data:`zsad.study.SPECIFIC_ARGUMENTS`) apply only to methods that use them
+    (``sizes`` of the main table reaches FADE, not WinCLIP)."""
+    uses = METHODS[setting["method"]].uses if setting["method"] in METHODS else frozenset()
+    shared = {k: v for k, v in predict_kwargs.items()
+              if v is not None and (k not in SPECIFIC_ARGUMENTS or k in uses)}
+    return {**shared, **setting}
+
+
 def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", roots="", seeds="0,1",
-                 results_dir=None, executor: str = "local", **predict_kwargs) -> dict:
+                 results_dir=None, executor: str = "local", progress: bool = True, **predict_kwargs) -> dict:
     """Run every (dataset, setting, seed) of a table and write one run folder each.
 
     ``settings`` is a list of dicts with ``method`` and ``shots`` and optionally any other :func:`zsad.study.predict`
     argument (``variant``, ``options``, ``mode``, ``sizes``, ``prompts``, ...), which override ``predict_kwargs``.
-    Zero-shot settings run once (seed 0: nothing is sampled); k-shot settings run once per seed. Run folders go to
-    ``<results_dir or results/>/<study>/<dataset>/<method>_<k>shot[_<variant>]_seed<s>``, replaced on a re-run.
+    Method-specific ``predict_kwargs`` (``sizes``, ``mode``, ``prompts``, ``class_prompts``, ``detector``, ``model``,
+    ``checkpoint``, ``cnn_checkpoint``) apply to the settings whose method uses them; one that no setting's method
+    uses is an error. Zero-shot settings run once (seed 0: nothing is sampled); k-shot settings run once per seed.
+    Run folders go to ``<results_dir or results/>/<study>/<dataset>/<method>_<k>shot[_<variant>]_seed<s>``,
+    replaced on a re-run (only folders zsad wrote are ever replaced).
+
+    Every run is checked (:func:`zsad.study.plan_run`) before the first one computes, so a bad later setting fails
+    in seconds, not after hours of feature passes.
 
     ``executor="ray"`` runs the runs as Ray tasks (cluster from ``$RAY_ADDRESS``, else a local one; a task asks for
-    a GPU when the driver sees one). Every run is deterministic, so the run folders' ``metrics.csv`` are
-    byte-identical to the in-process ones.
+    a GPU when the driver sees one).
 
     Returns ``{"metrics": tidy DataFrame of every run, "provenance": {run id: dict}, "paths": [Path, ...]}``.
     """
     names = _names(datasets)
-    root_of = dict(zip(names, _names(roots) + [""] * len(names)))
+    if not names:
+        raise ValueError("datasets is empty: name at least one study dataset")
+    if not settings:
+        raise ValueError(f"table {study!r} has no settings to run")
+    given_roots = _names(roots)
+    if len(given_roots) > len(names):
+        raise ValueError(f"{len(given_roots)} roots given for {len(names)} datasets ({', '.join(names)})")
+    root_of = dict(zip(names, given_roots + [""] * len(names)))
+    seed_list = _ints(seeds)
+    if any(k for k in (int(st["shots"]) for st in settings)) and not seed_list:
+        raise ValueError("seeds is empty: k-shot settings need at least one reference draw")
+    specific = [k for k, v in predict_kwargs.items() if v is not None and k in SPECIFIC_ARGUMENTS
+                and k not in ("model", "checkpoint", "cnn_checkpoint")]
+    for key in specific:
+        if not any(key in METHODS[st["method"]].uses for st in settings if st["method"] in METHODS):
+            raise ValueError(f"{key} applies to none of this table's methods "
+                             f"({', '.join(sorted({st['method'] for st in settings}))})")
     out_root = Path(results_dir or config.RESULTS_DIR) / study
     jobs = {}
     for dataset in names:
         for setting in settings:
             setting = dict(setting)
-            method, k = setting.pop("method"), int(setting.pop("shots"))
-            for seed in (_ints(seeds) if k else [0]):
-                rid = run_id(dataset, method, k, seed, setting.get("variant", ""))
-                jobs[rid] = dict(method=method, dataset=dataset, root=root_of[dataset] or None, shots=k, seed=seed,
-                                 out=out_root / rid, overwrite=True, **{**predict_kwargs, **setting})
+            k = int(setting["shots"])
+            for seed in (seed_list if k else [0]):
+                rid = run_id(dataset, setting["method"], k, seed, setting.get("variant", ""))
+                if rid in jobs:
+                    raise ValueError(f"two settings of table {study!r} give the same run {rid}: give them "
+                                     "different variants")
+                jobs[rid] = dict(dataset=dataset, root=root_of[dataset] or None, seed=seed, out=out_root / rid,
+                                 overwrite=True, **_job_kwargs({**setting, "shots": k}, predict_kwargs))
+    plans = {rid: plan_run(**job) for rid, job in jobs.items()}  # every run checked before any computes
     if executor == "ray":
         from zsad.distributed import run_on_ray
 
-        results = run_on_ray(list(jobs.values()))
+        results = run_on_ray(list(jobs.values()), progress=progress)
     elif executor == "local":
-        results = [predict(**job) for job in jobs.values()]
+        results = [execute(plan, progress) for plan in plans.values()]
     else:
         raise ValueError(f"unknown executor {executor!r}; choose 'local' or 'ray'")
     return {"metrics": pd.concat([r["metrics"] for r in results], ignore_index=True),
@@ -63,11 +101,39 @@ def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", ro
             "paths": [r["path"] for r in results]}
 
 
+def supports_shots(method: str, k: int) -> bool:
+    """Whether a registered method has a ``k``-shot setting."""
+    kind = METHODS[method].shots
+    return k >= 1 if kind == "k" else (k == 0 if kind == "zero" else k >= 0)
+
+
 def grid_settings(methods="fade,winclip,patchcore", shots="0,1,2,4") -> list[dict]:
-    """Methods x shot counts (FADE's Tab. 1/2); methods skip shot counts they do not have (PatchCore has no
-    zero-shot)."""
-    return [{"method": m, "shots": k} for m in _names(methods) for k in _ints(shots)
-            if k in DEFAULT_SHOTS.get(m, (k,))]
+    """Methods x shot counts (FADE's Tab. 1/2). A (method, k) pair the method does not have (PatchCore has no
+    zero-shot) is left out, as in the paper's table; a shot count that no method has, an unknown method or a
+    negative count is an error."""
+    method_list, shot_list = _names(methods), _ints(shots)
+    if not method_list or not shot_list:
+        raise ValueError(f"the grid needs methods and shots, got methods={methods!r}, shots={shots!r}")
+    for m in method_list:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {', '.join(sorted(METHODS))}")
+    for k in shot_list:
+        if k < 0:
+            raise ValueError(f"shots must be >= 0, got {k}")
+        if not any(supports_shots(m, k) for m in method_list):
+            raise ValueError(f"no method of {', '.join(method_list)} has a {k}-shot setting; "
+                             + "; ".join(f"{m}: {_shot_text(m)}" for m in method_list))
+    return [{"method": m, "shots": k} for m in method_list for k in shot_list if supports_shots(m, k)]
+
+
+def skipped_pairs(methods, shots) -> list[str]:
+    """The (method, k) pairs :func:`grid_settings` leaves out, in words (printed under the table)."""
+    return [f"{m} {k}-shot ({m}: {_shot_text(m)})" for m in _names(methods) for k in _ints(shots)
+            if m in METHODS and not supports_shots(m, k)]
+
+
+def _shot_text(method: str) -> str:
+    return {"k": "k-shot only, shots >= 1", "zero": "zero-shot only", "any": "any shots >= 0"}[METHODS[method].shots]
 
 
 def run_grid(study: str, *, methods="fade,winclip,patchcore", shots="0,1,2,4", **kwargs) -> dict:
@@ -173,7 +239,7 @@ def gem_vs_clip_settings(shots: int = 1) -> list[dict]:
 def scale_settings(shots="0,1,2,4", scales="240;448;896;240,448,896") -> list[dict]:
     """FADE's Tab. 8/9: single scales and their combination, for every shot count (official fusion)."""
     out = []
-    for sizes in (s for s in scales.split(";") if s):
+    for sizes in (s.strip() for s in str(scales).split(";") if s.strip()):
         label = "multi-scale" if "," in sizes else f"{sizes} px"
         out += [{"method": "fade", "shots": k, "sizes": sizes, "variant": label} for k in _ints(shots)]
     return out
@@ -184,7 +250,7 @@ def prompt_settings(prompt_files) -> list[dict]:
     (language-guided zero-shot, where the prompts matter most); ``prompt_files`` are the LLM ensembles."""
     files = _names(prompt_files) if isinstance(prompt_files, str) else list(prompt_files)
     base = {"method": "fade", "shots": 0, "mode": "language"}
-    out = [{**base, "variant": "winclip prompts"}]
+    out = [{**base, "variant": "winclip prompts", "prompts": "none"}]
     for path in files:
         name = Path(path).stem
         out.append({**base, "variant": f"{name} only", "prompts": [path], "winclip_in_segmentation": False})

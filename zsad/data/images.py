@@ -4,7 +4,8 @@ Everything that turns a file into pixels lives here, so that every method sees t
 
 - ``load_image``: any common file -> 8-bit RGB ``PIL.Image`` (full decode, clear errors).
 - ``preprocess``: RGB image -> normalised CLIP input tensor, exactly as FADE builds it.
-- ``load_mask``: mask file -> boolean ``(size, size)`` tensor, exactly as FADE builds it.
+- ``load_mask``: mask file -> boolean ``(size, size)`` tensor: FADE's recipe on lossless masks, one rule for
+  every format (below).
 - ``read_image_size``: header-only ``(width, height)``, for cheap validation.
 
 Mode handling of ``load_image`` (decided here, tested in ``tests/test_data.py``):
@@ -22,11 +23,40 @@ Mode handling of ``load_image`` (decided here, tested in ``tests/test_data.py``)
 - 32-bit float (``F``): values are taken as 0..255, clipped and rounded.
 - Multi-frame files (TIFF, GIF): the first frame. EXIF orientation is **not** applied (neither FADE nor the
   datasets' masks do), so pixels stay aligned with their masks.
+
+Mask rule of ``load_mask`` (one rule for every format; thresholds are in 8-bit units, 0..255):
+
+- The threshold ``t`` is the record's ``mask_threshold`` (or the ``threshold`` argument). ``t = 0`` means the
+  format's default: 0 for lossless files (PNG, BMP, TIFF, GIF), ``LOSSY_MASK_THRESHOLD`` = 127 for lossy ones
+  (JPEG, MPO, JPEG-compressed TIFF), because JPEG ringing leaves small non-zero values around every edge that
+  does not fall on the 8x8 block grid, which ``!= 0`` counts as defect (a small 0/255 square saved as JPEG grows
+  1.4-1.7x); 127 is the middle of the range, where the decoded edge of a 0/255 mask crosses, so the area stays
+  within a few percent.
+- ``t = 0`` (lossless default): a pixel is defect when its **stored** value is non-zero, FADE's rule exactly:
+  palette *indices* for ``P`` files (not their colours), VisA class ids (1, 2, ...), raw 16-bit values. Results
+  on MVTec AD (0/255 masks) and VisA are FADE's.
+- ``t > 0``: a pixel is defect when the value ``load_image`` would give it is above ``t``: 16-bit samples
+  rescaled ``round(v / 257)`` (so a 16-bit mask and its 8-bit conversion give the same pixels, and
+  magnetic tile's 127 means the same on both), ``1``-bit as 0/255, palettes looked up to their colours, ``F`` as
+  0..255.
+- Multi-channel masks: a pixel counts when any colour channel passes; alpha is ignored.
+
+Damaged files. Every file is decoded in full when read (``load_image``, ``load_mask``); an unreadable or truncated
+file raises ``DatasetError`` naming it. Pillow (13.0) decodes damaged JPEG scan data without any sign: its libjpeg
+error handler discards every warning ("Corrupt JPEG data: ...", "premature end of data segment") and the
+undecodable part is filled in. JPEG files are therefore also checked here (bytes only, no second decode): a file
+with no end-of-image marker after its image data is truncated (``DatasetError``, also when
+``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is set); invalid or misplaced markers, bad segment lengths and restart
+markers out of order or in the wrong number give an ``ImageWarning`` naming the file and the problem, and the
+decoded pixels are used. Damage that keeps the marker structure (flipped bits, garbage without a 0xFF byte, which
+is most random damage) only shows in the Huffman decode and cannot be seen this way.
 """
 
 from __future__ import annotations
 
 import functools
+import io
+import warnings
 from os import PathLike
 from pathlib import Path
 
@@ -40,6 +70,8 @@ from .records import DatasetError, ImageRecord
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "LOSSY_MASK_THRESHOLD",
+    "ImageWarning",
     "load_image",
     "to_rgb",
     "preprocess",
@@ -55,6 +87,17 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+#: default mask threshold (8-bit units) of lossy mask files (JPEG): see the mask rule in the module docstring
+LOSSY_MASK_THRESHOLD = 127
+_JPEG_FORMATS = ("JPEG", "MPO")
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# sequential and progressive DCT frames (not lossless, not hierarchical): their restart markers can be counted
+_JPEG_COUNTED_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC9, 0xCA))
+
+
+class ImageWarning(UserWarning):
+    """A file decoded, but its data is damaged, so some of its pixels may be wrong. The message names the file."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -96,22 +139,133 @@ def to_rgb(image: Image.Image, *, source: str | PathLike | None = None) -> Image
         raise DatasetError(f"{where}unsupported image mode {mode!r} ({_describe(exc)})") from exc
 
 
+def _scan_end(data: bytes, pos: int) -> tuple[int, list[tuple[int, int]]]:
+    """End of the entropy-coded data that starts at ``pos`` (the offset of the next marker's 0xFF, or the file's
+    length), and the restart markers met on the way as ``(n, offset)`` for ``RSTn``."""
+    restarts = []
+    n = len(data)
+    while True:
+        j = data.find(b"\xff", pos)
+        if j < 0 or j + 1 >= n:
+            return n, restarts
+        code = data[j + 1]
+        if code == 0x00:  # a stuffed 0xFF data byte
+            pos = j + 2
+        elif 0xD0 <= code <= 0xD7:
+            restarts.append((code - 0xD0, j))
+            pos = j + 2
+        elif code == 0xFF:  # fill bytes before a marker
+            pos = j + 1
+        else:
+            return j, restarts
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _jpeg_problem(data: bytes) -> tuple[bool, str] | None:
+    """Check the marker structure of a JPEG file: ``None`` if sound, else ``(truncated, what is wrong)``.
+
+    Walks the segments from SOI to EOI; each scan's entropy-coded data must end at a marker that may follow a scan,
+    its restart markers must run RST0, RST1, ... and number what the frame needs. Truncation is judged alone (no
+    EOI after the first scan), so garbage that happens to look like a long segment is damage, not truncation.
+    """
+    n = len(data)
+    first_scan = data.find(b"\xff\xda")
+    if first_scan < 0 or data.find(b"\xff\xd9", first_scan) < 0:
+        return True, "no end-of-image marker after the image data"
+    pos, frame, sof, restart, scans = 2, None, 0, 0, 0
+    while True:
+        if pos >= n:
+            return False, f"the file ends at byte {n} before its end-of-image marker"
+        if data[pos] != 0xFF:
+            return False, f"expected a marker at byte {pos}, found 0x{data[pos]:02X}"
+        start = pos
+        while pos < n and data[pos] == 0xFF:
+            pos += 1
+        if pos >= n:
+            return False, f"the file ends at byte {n} before its end-of-image marker"
+        code = data[pos]
+        pos += 1
+        if code == 0xD9:
+            return None if scans else (False, f"end-of-image marker at byte {start} before any image data")
+        if 0xD0 <= code <= 0xD7 or code == 0x01:
+            continue  # a stray restart marker or TEM: no parameters, libjpeg skips it
+        if code < 0xC0 or code == 0xD8:
+            return False, f"invalid marker 0xFF{code:02X} at byte {start}"
+        length = int.from_bytes(data[pos:pos + 2], "big")
+        if length < 2 or pos + length > n:
+            return False, f"marker 0xFF{code:02X} at byte {start} has an impossible length {length}"
+        seg = data[pos + 2:pos + length]
+        pos += length
+        if code in _JPEG_SOF:
+            if frame is not None and sof in _JPEG_COUNTED_SOF:
+                return False, f"a second frame header (0xFF{code:02X}) at byte {start}"
+            if len(seg) < 6 or len(seg) < 6 + 3 * seg[5]:
+                return False, f"frame header at byte {start} is too short"
+            height, width = int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big")
+            comps = {seg[6 + 3 * i]: (seg[7 + 3 * i] >> 4, seg[7 + 3 * i] & 15) for i in range(seg[5])}
+            if not comps or any(h < 1 or v < 1 for h, v in comps.values()):
+                return False, f"frame header at byte {start} has no components or a zero sampling factor"
+            frame, sof = (width, height, comps), code
+        elif code == 0xDD:
+            restart = int.from_bytes(seg[:2], "big") if len(seg) >= 2 else 0
+        elif code == 0xDA:
+            if frame is None:
+                return False, f"scan at byte {start} before any frame header"
+            width, height, comps = frame
+            ids = list(seg[1:1 + 2 * seg[0]:2]) if seg else []
+            if not ids or len(ids) != seg[0] or any(i not in comps for i in ids):
+                return False, f"scan header at byte {start} names components the frame does not have"
+            pos, restarts = _scan_end(data, pos)
+            scans += 1
+            for k, (r, at) in enumerate(restarts):
+                if r != k % 8:
+                    return False, f"restart marker RST{r} at byte {at} where RST{k % 8} was due (scan data lost)"
+            if sof in _JPEG_COUNTED_SOF and height:
+                hmax = max(h for h, _ in comps.values())
+                vmax = max(v for _, v in comps.values())
+                if len(ids) > 1:  # interleaved: one MCU covers hmax x vmax blocks
+                    mcus = _ceil_div(width, 8 * hmax) * _ceil_div(height, 8 * vmax)
+                else:  # one component: one MCU is one of its blocks
+                    h, v = comps[ids[0]]
+                    mcus = _ceil_div(_ceil_div(width * h, hmax), 8) * _ceil_div(_ceil_div(height * v, vmax), 8)
+                due = _ceil_div(mcus, restart) - 1 if restart else 0
+                if not due <= len(restarts) <= due + 1:  # one trailing RST is tolerated, as libjpeg does
+                    return False, (f"scan at byte {start} has {len(restarts)} restart marker(s) where {due} are due "
+                                   "(scan data lost or added)")
+
+
+def _decode(path: Path, what: str) -> Image.Image:
+    """Open and fully decode ``path`` (``what``: ``"image"`` or ``"mask"``), checking JPEG files (module docstring)."""
+    _check_file(path, f"{what} file")
+    try:
+        data = path.read_bytes()
+        im = Image.open(io.BytesIO(data))
+        im.load()  # force the full decode so truncated files fail here, not later in a transform
+    except _READ_ERRORS as exc:
+        raise DatasetError(f"{path}: cannot read {what} ({_describe(exc)})") from exc
+    if im.format in _JPEG_FORMATS:
+        problem = _jpeg_problem(data)
+        if problem is not None and problem[0]:
+            raise DatasetError(f"{path}: cannot read {what} (truncated JPEG: {problem[1]})")
+        if problem is not None:
+            # Pillow filled in what it could not decode without saying so; tell the user which file it was
+            warnings.warn(f"{path}: corrupt JPEG data ({problem[1]}); Pillow decoded it without an error, so part "
+                          f"of the {what} may be filled in or wrong", ImageWarning, stacklevel=3)
+    return im
+
+
 def load_image(path: str | PathLike) -> Image.Image:
     """Read an image file fully (forcing a complete decode) and return it as 8-bit RGB.
 
     Raises ``DatasetError`` naming the file for a missing file, an unidentifiable or truncated image, or an
-    unsupported mode.
+    unsupported mode. Warns ``ImageWarning`` naming the file for a JPEG whose data is damaged but decodes (see
+    the module docstring).
     """
     p = Path(path)
-    _check_file(p, "image file")
-    try:
-        with Image.open(p) as im:
-            im.load()  # force the full decode so truncated files fail here, not later in a transform
-            return to_rgb(im, source=p)
-    except DatasetError:
-        raise
-    except _READ_ERRORS as exc:
-        raise DatasetError(f"{p}: cannot read image ({_describe(exc)})") from exc
+    return to_rgb(_decode(p, "image"), source=p)
 
 
 def read_image_size(path: str | PathLike) -> tuple[int, int]:
@@ -166,6 +320,11 @@ def preprocess(image: Image.Image | str | PathLike, size: int) -> torch.Tensor:
     return clip_transform(size)(image)
 
 
+def _is_lossy(im: Image.Image) -> bool:
+    compression = str(im.info.get("compression", "")).lower()
+    return im.format in _JPEG_FORMATS or (im.format == "TIFF" and "jpeg" in compression)
+
+
 def load_mask(
     path_or_none: str | PathLike | ImageRecord | None,
     size: int,
@@ -174,19 +333,22 @@ def load_mask(
     image_path: str | PathLike | None = None,
     threshold: int | None = None,
 ) -> torch.Tensor:
-    """Read a ground-truth mask as a boolean ``(size, size)`` tensor, exactly as FADE does.
+    """Read a ground-truth mask as a boolean ``(size, size)`` tensor, with FADE's resizing.
 
-    FADE's recipe: take the stored pixel values (palette *indices* for ``P`` images, class ids for VisA),
-    binarise ``value != 0``, resize the float 0/1 map to ``(size, size)`` with torchvision's default for tensors
-    (bilinear, antialias on), and threshold ``> 0.5``. Multi-channel masks count a pixel as anomalous when any
-    colour channel passes (an alpha channel is ignored).
+    Binarisation follows the mask rule of the module docstring: with threshold ``t`` (8-bit units) 0, the
+    format's default, lossless files count every non-zero stored value (FADE's ``value != 0``: palette indices,
+    VisA class ids, raw 16-bit values) and lossy files (JPEG) use ``t = LOSSY_MASK_THRESHOLD`` (127); with
+    ``t > 0`` a pixel is defect when the 8-bit value ``load_image`` would give it (16-bit rescaled
+    ``round(v / 257)``, palette colours) is above ``t``. Any colour channel counts, alpha is ignored. The 0/1 map
+    is then resized to ``(size, size)`` as FADE does (torchvision's default for tensors: bilinear, antialias on)
+    and thresholded ``> 0.5``.
 
     ``path_or_none`` is a mask path, ``None`` (a normal image: all-False mask), or an ``ImageRecord`` (its
-    ``mask_path`` and ``mask_threshold`` are used; prefer this form, it carries the dataset's binarisation
-    rule). ``threshold``: binarise ``value > threshold`` instead of ``!= 0`` (overrides the record's; 0 or
-    ``None`` without a record means FADE's ``!= 0``). If ``image_size`` (``(width, height)`` of the image) is
-    given and the mask has another size, ``DatasetError`` names both files and sizes (``image_path``, or the
-    record's image, names the image in the message).
+    ``mask_path`` and ``mask_threshold`` are used; prefer this form, it carries the dataset's threshold).
+    ``threshold`` overrides the record's; 0 or ``None`` without a record means the format's default. If
+    ``image_size`` (``(width, height)`` of the image) is given and the mask has another size, ``DatasetError``
+    names both files and sizes (``image_path``, or the record's image, names the image in the message). Damaged
+    files are handled as by ``load_image`` (``DatasetError`` or ``ImageWarning``, naming the mask file).
     """
     size = _check_size(size)
     if isinstance(path_or_none, ImageRecord):
@@ -197,27 +359,29 @@ def load_mask(
         if image_path is None:
             image_path = record.path
     threshold = int(threshold or 0)
+    if not 0 <= threshold <= 255:
+        raise ValueError(f"mask threshold must be in 0..255 (8-bit units), got {threshold}")
     if path_or_none is None:
         return torch.zeros((size, size), dtype=torch.bool)
     p = Path(path_or_none)
-    _check_file(p, "mask file")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            mode = im.mode
-            mask_size = (int(im.size[0]), int(im.size[1]))
-            values = np.asarray(im)
-    except _READ_ERRORS as exc:
-        raise DatasetError(f"{p}: cannot read mask ({_describe(exc)})") from exc
+    im = _decode(p, "mask")
+    mask_size = (int(im.size[0]), int(im.size[1]))
     if image_size is not None and tuple(int(v) for v in image_size) != mask_size:
         img = f"image {image_path}" if image_path is not None else "its image"
         raise DatasetError(
             f"mask {p} is {mask_size[0]}x{mask_size[1]} but {img} is "
             f"{int(image_size[0])}x{int(image_size[1])} (width x height)"
         )
-    if values.ndim == 3 and mode in _ALPHA_MODES:
-        values = values[..., :-1]
-    binary = (values != 0) if threshold == 0 else (values > threshold)
+    if threshold == 0 and _is_lossy(im):
+        threshold = LOSSY_MASK_THRESHOLD
+    if threshold == 0:
+        values = np.asarray(im)  # stored values: palette indices, class ids, raw 16-bit samples
+        if values.ndim == 3 and im.mode in _ALPHA_MODES:
+            values = values[..., :-1]
+        binary = values != 0
+    else:
+        # the pixels load_image gives (16-bit rescaled like images, palettes looked up, alpha dropped)
+        binary = np.asarray(to_rgb(im, source=p)) > threshold
     if binary.ndim == 3:
         binary = binary.any(axis=-1)
     mask = torch.from_numpy(np.ascontiguousarray(binary, dtype=np.float32))[None]

@@ -16,10 +16,11 @@ Layouts (``kind``):
 
     Masks are paired **by file name**: the mask of ``test/<defect>/<stem>.<ext>`` is
     ``ground_truth/<defect>/<stem>_mask.png`` (a ``<stem>_mask`` or ``<stem>`` file with another image extension
-    is accepted as a fallback, e.g. for BTAD-like trees). FADE (and APRIL-GAN/AnomalyCLIP) pair the i-th sorted
-    image with the i-th sorted mask of the folder; on the published MVTec AD both give the same pairs, but
-    name-pairing cannot silently shift every later pair when one file is missing or extra. A missing mask is an
-    error naming the image and the expected mask path.
+    is accepted as a fallback, e.g. for BTAD-like trees; a JPEG mask is binarised ``> 127`` by default, see
+    ``load_mask``). FADE (and APRIL-GAN/AnomalyCLIP) pair the i-th sorted image with the i-th sorted mask of the
+    folder; on the published MVTec AD both give the same pairs, but name-pairing cannot silently shift every
+    later pair when one file is missing or extra. A missing mask is an error naming the image and the expected
+    mask path.
 
 ``"magnetic_tile"``
     The MVTec layout for one class whose folder *is* the root (``<root>/train/good``, ``<root>/test/...``,
@@ -34,8 +35,10 @@ Layouts (``kind``):
     (``<root>/<class>/Data/Images/...``, ``<root>/<class>/Data/Masks/...``), as FADE does. ``normal`` -> defect
     ``"good"``, label 0; ``anomaly`` -> defect ``"anomaly"``, label 1. Paths are relative to the root. Masks hold
     class ids (binarised ``!= 0`` by ``load_mask``). Each record keeps its csv row index in ``source_order``
-    (FADE's reference sampling indexes the csv order, which is not sorted). A converted MVTec-like VisA tree
-    (``visa_pytorch/1cls``) loads with ``kind="mvtec"``.
+    (FADE's reference sampling indexes the csv order, which is not sorted). An image listed on two rows (twice
+    in one split, or as both train and test, which would put a test image among the references) is refused
+    with the csv's line numbers. A converted MVTec-like VisA tree (``visa_pytorch/1cls``) loads with
+    ``kind="mvtec"``.
 
 ``"folder"``
     A plain folder holding one class, named after the folder::
@@ -74,7 +77,8 @@ __all__ = [
 
 DATASET_KINDS = ("mvtec", "visa", "magnetic_tile", "folder")
 MAGNETIC_TILE_CLASS = "magnetic_tile"
-#: default ``ImageRecord.mask_threshold`` per kind (0 = FADE's ``value != 0``)
+#: default ``ImageRecord.mask_threshold`` per kind, 8-bit units (0 = the mask format's default: FADE's
+#: ``value != 0`` for lossless files, ``> 127`` for JPEG; see ``load_mask``)
 MASK_THRESHOLDS = {"mvtec": 0, "visa": 0, "magnetic_tile": 127, "folder": 0}
 VISA_SPLIT_CSV = "split_csv/1cls.csv"
 _SPLITS = ("train", "test")
@@ -217,7 +221,8 @@ def _load_mvtec_class(class_dir: Path, cls: str, root: Path, split: str | None) 
 # ------------------------------------------------------------------------------------------------- VisA
 
 
-def _visa_rows(root: Path) -> list[tuple[int, dict[str, str]]]:
+def _visa_rows(root: Path) -> list[tuple[int, int, dict[str, str]]]:
+    """``(row index, line number, row)`` of every csv row; refuses an image listed on two rows."""
     csv_path = root / VISA_SPLIT_CSV
     if not csv_path.is_file():
         raise DatasetError(
@@ -238,26 +243,50 @@ def _visa_rows(root: Path) -> list[tuple[int, dict[str, str]]]:
             rows = []
             for i, row in enumerate(reader):
                 clean = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-                rows.append((i, clean))
+                rows.append((i, reader.line_num, clean))  # line_num: the file's line (blank lines are skipped)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{csv_path}: cannot read csv ({exc})") from exc
     if not rows:
         raise DatasetError(f"{csv_path}: no rows")
+    _visa_check_repeats(csv_path, rows)
     return rows
 
 
+def _visa_check_repeats(csv_path: Path, rows: list[tuple[int, int, dict[str, str]]]) -> None:
+    # A repeated image would be scored twice, and one listed as train and test would be its own reference.
+    first: dict[str, tuple[int, str]] = {}
+    repeats = []
+    for _, line, row in rows:
+        if not row["image"]:
+            continue  # reported with its line by _load_visa
+        rel = Path(row["image"]).as_posix()
+        if rel in first:
+            repeats.append((first[rel], (line, row["split"]), rel))
+        else:
+            first[rel] = (line, row["split"])
+    if not repeats:
+        return
+    (line_a, split_a), (line_b, split_b), rel = repeats[0]
+    more = f" ({len(repeats) - 1} more repeated row(s) in the file)" if len(repeats) > 1 else ""
+    if {split_a, split_b} == set(_SPLITS):
+        raise DatasetError(
+            f"{csv_path} lines {line_a} ({split_a}) and {line_b} ({split_b}): image {rel} is listed as both train "
+            f"and test (a test image must not be a reference image){more}"
+        )
+    raise DatasetError(f"{csv_path} lines {line_a} and {line_b}: image {rel} is listed twice{more}")
+
+
 def _visa_classes(root: Path) -> list[str]:
-    return sorted({row["object"] for _, row in _visa_rows(root)})
+    return sorted({row["object"] for _, _, row in _visa_rows(root)})
 
 
 def _load_visa(root: Path, classes, split: str | None) -> list[ImageRecord]:
     rows = _visa_rows(root)
     csv_path = root / VISA_SPLIT_CSV
-    available = sorted({row["object"] for _, row in rows})
+    available = sorted({row["object"] for _, _, row in rows})
     selected = _select_classes(available, classes, csv_path)
     records: list[ImageRecord] = []
-    for i, row in rows:
-        line = i + 2  # 1-based, after the header
+    for i, line, row in rows:
         cls = row["object"]
         if cls not in selected:
             continue
@@ -362,8 +391,10 @@ def load_dataset(
         validate: open every image and mask header (no pixel decode) to check that the files are readable
             images and that each mask has its image's size. Truncated pixel data is only found when the image is
             decoded (``load_image``).
-        mask_threshold: stored in every record (``load_mask(record, size)`` binarises ``value > threshold``,
-            0 meaning FADE's ``!= 0``); ``None`` uses the kind's default (``MASK_THRESHOLDS``).
+        mask_threshold: stored in every record, in 8-bit units 0..255 (``load_mask(record, size)`` binarises
+            ``value > threshold``, values of 16-bit masks rescaled like images; 0 means the mask format's default:
+            FADE's ``!= 0`` for lossless files, ``> 127`` for JPEG); ``None`` uses the kind's default
+            (``MASK_THRESHOLDS``).
     """
     _check_kind(kind)
     _check_split(split)
@@ -381,8 +412,8 @@ def load_dataset(
         _select_classes([r.name], classes, r)
         records = _load_folder(r, split)
     threshold = MASK_THRESHOLDS[kind] if mask_threshold is None else int(mask_threshold)
-    if threshold < 0:
-        raise DatasetError(f"mask_threshold must be >= 0, got {threshold}")
+    if not 0 <= threshold <= 255:
+        raise DatasetError(f"mask_threshold must be in 0..255 (8-bit units), got {threshold}")
     if threshold:
         records = [dataclasses.replace(rec, mask_threshold=threshold) for rec in records]
     records = _sort(records)

@@ -33,10 +33,12 @@ class ImageRecord:
             path order: for VisA the row index in ``split_csv/1cls.csv``. ``None`` for the folder layouts
             (MVTec AD, magnetic tile, folder, synthetic), whose listing order is the sorted path order. Used by
             the ``"fade"`` reference sampler to index the same list FADE's data loader shuffles.
-        mask_threshold: mask pixel values above it are anomalous. 0 (default) is FADE's rule (``value != 0``),
-            right for MVTec AD, VisA (class ids) and the synthetic masks; magnetic tile uses 127 because its
-            masks have soft, anti-aliased edges (``!= 0`` would grow them by a median 8 %, some many-fold).
-            ``load_mask(record, size)`` applies it.
+        mask_threshold: mask pixel values above it are anomalous, in 8-bit units (0..255; 16-bit masks are
+            rescaled like images first). 0 (default) is the mask format's default: FADE's rule (``value != 0``)
+            for lossless files, right for MVTec AD, VisA (class ids) and the synthetic masks, and ``> 127`` for
+            JPEG masks (compression ringing); magnetic tile uses 127 because its masks have soft, anti-aliased
+            edges (``!= 0`` would grow them by a median 8 %, some many-fold). ``load_mask(record, size)`` applies
+            it (rule in ``zsad.data.images``).
     """
 
     path: Path

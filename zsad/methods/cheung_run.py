@@ -62,9 +62,10 @@ _CROP_BATCH = 16  # crops encoded per CLIP batch
 
 
 def config_from_params(params: dict) -> CheungConfig:
-    """A :class:`CheungConfig` from the keys of ``params`` that name its fields (others are ignored)."""
+    """A :class:`CheungConfig` from the keys of ``params`` that name its fields (an ablation row's overrides) and
+    ``params["options"]`` (the run's own settings, validated by the orchestrator)."""
     given = {k: v for k, v in params.items() if k in _CONFIG_FIELDS and v is not None}
-    return CheungConfig(**given)
+    return CheungConfig(**{**given, **(params.get("options") or {})})
 
 
 def get_detector(spec=None, seed: int = 0, device="cpu") -> LoadedDetector:

@@ -103,7 +103,7 @@ def tamura_class(loaded, cls, test, refs, params, progress) -> MethodOutput:
     from zsad.data import class_prompt_name
     from zsad.windows import extract_window_tokens
 
-    cfg = tamura_config(params.get("options"))
+    cfg = params.get("config") or tamura_config(params.get("options"))
     object_name = "object" if cfg.object_word == "object" else class_prompt_name(cls)
     net, info = prepare_detector(loaded, cfg, object_name, params.get("cache"))
     windows = extract_window_tokens(loaded.model, test, scales=cfg.scales, progress=progress,
