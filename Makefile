@@ -11,9 +11,11 @@ STAMP := $(VENV)/.zsad-installed
 export CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 export HF_HUB_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
-NOTEBOOKS := $(sort $(wildcard notebooks/t*.ipynb))
+# Each chapter's source is notebooks/tNN_<name>.md (MyST markdown, jupytext md:myst); its paired .ipynb is the
+# executed copy that the book renders and nbval checks. One chapter: make notebooks NOTEBOOKS=notebooks/t06_cheung.md
+NOTEBOOKS ?= $(sort $(wildcard notebooks/t*.md))
 
-.PHONY: help env test book notebooks data browser bench prompts-check clean-cache
+.PHONY: help env test book notebooks data browser bench prompts-check clean-cache study
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,15 +39,22 @@ browser: ## best effort: install Debian's Chromium for the book's browser test (
 test: $(STAMP) data browser ## run the whole test suite (unit tests, the book build, nbval on every notebook)
 	$(PY) -m pytest
 
-notebooks: $(STAMP) data ## execute every notebook in place with its default parameters (papermill)
-	@for nb in $(NOTEBOOKS); do \
-	  echo "== papermill $$nb"; \
+notebooks: $(STAMP) data ## write each notebooks/*.md source into its .ipynb and execute that in place (papermill)
+	@for src in $(NOTEBOOKS); do \
+	  md="$${src%.*}.md"; nb="$${src%.*}.ipynb"; \
+	  echo "== papermill $$md -> $$nb"; \
+	  $(PY) -m zsad.notebook sync "$$md" >/dev/null || { echo "FAILED: $$md (not written into $$nb)"; exit 1; }; \
 	  $(PY) -m papermill --cwd notebooks --progress-bar "$$nb" "$$nb" || { echo "FAILED: $$nb (see the failing cell above)"; exit 1; }; \
+	  $(PY) -m zsad.notebook normalise "$$nb" >/dev/null; \
 	done
 
 book: notebooks ## set up, run the default study job, build the book offline, print where it is
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+study: $(STAMP) ## the papers' study: make study CHECKPOINT=... MVTEC_ROOT=... VISA_ROOT=... [CNN_CHECKPOINT=...] [DETECTOR=...]
+	$(PY) -m zsad study run --checkpoint "$(CHECKPOINT)" --mvtec-root "$(MVTEC_ROOT)" --visa-root "$(VISA_ROOT)" \
+	  --cnn-checkpoint "$(CNN_CHECKPOINT)" --detector "$(DETECTOR)"
 
 bench: $(STAMP) ## run the quick benchmarks by hand (minutes; figures go into benchmarks/README.md)
 	$(PY) benchmarks/bench_metrics.py

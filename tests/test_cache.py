@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 import zsad.cache as zc
+from zsad import atomic
 import zsad.cnn as cnn_mod
 import zsad.features as features
 import zsad.text as text_mod
@@ -284,7 +285,7 @@ def _entry_bytes(cache, doc, value):
 
 def _write_many(path, data, n):  # runs in a forked process: plain file operations, no torch
     for _ in range(n):
-        zc._write_atomic(path, data)
+        atomic.write_bytes(path, data)
 
 
 def test_concurrent_writers_leave_a_valid_entry(tmp_path):
@@ -326,7 +327,7 @@ def test_failed_write_warns_and_still_returns_the_features(wrn, records, plain_c
     def disk_full(path, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(zc, "_write_atomic", disk_full)
+    monkeypatch.setattr(atomic, "write_bytes", disk_full)
     cache = FeatureCache(tmp_path)
     with pytest.warns(CacheWarning, match="cannot write"):
         feats, grid = extract_patch_features(wrn, records, size=CNN_SIZE, progress=False, cache=cache)

@@ -104,3 +104,10 @@ def test_cli_predict_bad_options_are_clear(argv, msg, synth_root, tmp_path, caps
     assert main(["predict", "--dataset", "synthetic", "--root", str(synth_root), "--out", str(tmp_path / "r"),
                  *argv]) == 2
     assert msg in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_eval_refuses_bad_n_boot_and_a_folder_as_out(tmp_path, capsys):
+    assert main(["eval", "--predictions", str(tmp_path / "none.npz"), "--n-boot", "-1"]) == 2
+    assert "n_boot (--n-boot) must be an integer >= 0 (0: no intervals), got -1" in capsys.readouterr().err
+    assert main(["eval", "--predictions", str(tmp_path / "none.npz"), "--out", str(tmp_path)]) == 2
+    assert "name a .csv file to write (not a folder)" in capsys.readouterr().err

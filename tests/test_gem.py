@@ -1,7 +1,7 @@
 """Known-answer tests of zsad.gem.
 
 The ordinary stream is checked against open_clip's own forward; the GEM stream against a slow float64 reference
-written here from the formulas of the method notes (section 1.2): one image at a time, explicit per-head loops,
+written here from GEM's formulas (book/methods.md, "GEM patch tokens"): one image at a time, explicit per-head loops,
 explicit softmax of explicit matmuls, explicit temperature. The positional-embedding resize is checked against
 Pillow's bicubic resampling, an implementation independent of torch's.
 """
@@ -62,7 +62,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 def _reference_one(visual, img: torch.Tensor, gem_depth: int, ss_attn_iter: int, ss_attn_temp,
                    gem_mlp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Slow GEM forward of ONE image (3, S, S) in the visual's dtype, line by line from notes 1.2.
+    """Slow GEM forward of ONE image (3, S, S) in the visual's dtype, line by line from the formulas.
 
     ``gem_mlp=True`` is a deliberately wrong variant (MLP applied on the GEM stream) to prove the test is sensitive.
     """

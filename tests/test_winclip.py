@@ -3,7 +3,7 @@
 The window embeddings are checked against a slow float64 reference written here: one window at a time, the token
 subset built by hand from conv1 / class embedding / positional embedding, and every block's attention as an
 explicit per-head softmax of explicit matmuls. That reference cannot be fooled by a (L, N, D) vs (N, L, D) layout
-mix-up, which is the version trap of the method notes (section 2); the anomalib-style permute is shown to fail it.
+mix-up, which is the version trap of the book's traps page (book/traps.md, section 2); the anomalib-style permute is shown to fail it.
 The scoring formulas are checked on hand-made grids with hand-computed values.
 """
 from __future__ import annotations

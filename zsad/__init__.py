@@ -34,10 +34,14 @@ _PUBLIC = {
     "grid_settings": "zsad.tables",
     "format_table": "zsad.tables", "paper_table": "zsad.tables", "weights_note": "zsad.tables",
     "gem_vs_clip_settings": "zsad.tables", "scale_settings": "zsad.tables", "prompt_settings": "zsad.tables",
-    "tamura_settings": "zsad.tables", "cheung_settings": "zsad.tables",
+    "tamura_settings": "zsad.tables", "cheung_settings": "zsad.tables", "guidance_settings": "zsad.tables",
+    "per_class": "zsad.tables", "read_results": "zsad.tables",
+    "paper_shaped": "zsad.paper_tables", "MarkdownTable": "zsad.paper_tables", "fusion_rules": "zsad.paper_tables", "plan_run": "zsad.study",
+    "check_study": "zsad.preset",
     "shots_plot": "zsad.figures", "variant_plot": "zsad.figures", "gallery": "zsad.figures", "paper_reported": "zsad.paper",
     "FeatureCache": "zsad.cache",
-    "predict": "zsad.study", "check_parameters": "zsad.notebook",
+    "predict": "zsad.study", "check_parameters": "zsad.notebook", "run_arguments": "zsad.notebook",
+    "preset_parameters": "zsad.preset",
     # where things are
     "paths": "zsad.config",
 }

@@ -48,7 +48,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -58,6 +57,7 @@ from pathlib import Path
 
 import torch
 
+from zsad import atomic
 from zsad.results import package_versions
 
 __all__ = ["FORMAT_VERSION", "KINDS", "CACHE_ENV", "CacheWarning", "FeatureCache", "Lookup", "cache_root",
@@ -320,7 +320,7 @@ class FeatureCache:
                 "host": platform.node(), "torch_device": _device_label(tensors)}
         path = self.path_of(kind, self.key_of(document))
         try:
-            _write_atomic(path, st_save(stored, metadata=meta))
+            atomic.write_bytes(path, st_save(stored, metadata=meta))  # readers see whole files only
         except OSError as exc:
             warnings.warn(f"feature cache: cannot write {path} ({exc}); continuing without storing it",
                           CacheWarning, stacklevel=3)
@@ -432,24 +432,6 @@ class Lookup:
     def stack(self, name: str) -> torch.Tensor:
         """``torch.stack`` of tensor ``name`` over all positions (all must be stored or found)."""
         return torch.stack([self.get(i)[name] for i in range(len(self.keys))])
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and move it into place: readers and concurrent writers
-    only ever see a complete file (the last ``os.replace`` wins)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + TMP_MARK, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _device_label(tensors: dict) -> str:

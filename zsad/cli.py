@@ -35,6 +35,8 @@ def _cmd_eval(args) -> int:
     from zsad.evaluate import evaluate_predictions
     from zsad.results import write_text_atomic
 
+    if args.out and (args.out.is_dir() or args.out.suffix.lower() != ".csv"):
+        raise ValueError(f"--out {args.out}: name a .csv file to write (not a folder)")
     table = evaluate_predictions(args.predictions, n_boot=args.n_boot, seed=args.seed)
     if args.out:
         write_text_atomic(args.out, table.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
@@ -61,7 +63,12 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+_GRID_DEFAULTS = {"datasets": "synthetic,magnetic_tile", "seeds": "0,1", "model": "ViT-B-16-plus-240",
+                  "max_images": None, "n_boot": 200}
+
+
 def _cmd_grid(args) -> int:
+    from zsad.preset import PAPER_CLASS_PROMPTS, preset_parameters
     from zsad.tables import format_table, run_table, summarise, weights_text
 
     table_args = {k: v for k, v in (("methods", args.methods), ("shots", args.shots), ("scales", args.scales),
@@ -69,10 +76,14 @@ def _cmd_grid(args) -> int:
                   if v is not None}
     if args.table == "gem-vs-clip" and "shots" in table_args:
         table_args["shots"] = int(table_args["shots"])  # one k for the k-shot rows
-    run_kwargs = dict(datasets=args.datasets, roots=args.roots, seeds=args.seeds, results_dir=args.results_dir,
-                      executor=args.executor, model=args.model, checkpoint=args.checkpoint,
-                      max_images=args.max_images, n_boot=args.n_boot, autocast=args.autocast, device=args.device,
-                      progress=not args.no_progress)
+    # explicit options > the preset's values > the built-in defaults
+    chosen = {**_GRID_DEFAULTS, **(preset_parameters(args.preset) if args.preset else {}),
+              **{k: getattr(args, k) for k in _GRID_DEFAULTS if getattr(args, k) is not None}}
+    if args.preset == "paper" and args.table == "cheung" and not args.class_prompts:
+        args.class_prompts = PAPER_CLASS_PROMPTS
+    run_kwargs = dict(roots=args.roots, results_dir=args.results_dir, executor=args.executor,
+                      checkpoint=args.checkpoint, autocast=args.autocast, device=args.device,
+                      progress=not args.no_progress, **{**chosen, "max_images": chosen["max_images"] or None})
     for key in ("sizes", "class_prompts", "detector", "cnn_checkpoint"):  # else predict's defaults ($ZSAD_* variables)
         if getattr(args, key):
             run_kwargs[key] = getattr(args, key)
@@ -86,6 +97,20 @@ def _cmd_grid(args) -> int:
     print(format_table(summarise(res["metrics"]), metrics=with_metrics).to_string())
     print(weights_text(res["provenance"]))
     print(f"{len(res['paths'])} run folders under {Path(res['paths'][0]).parent.parent}")
+    return 0
+
+
+def _cmd_study(args) -> int:
+    from zsad.preset import check_study, run_study
+
+    files = dict(checkpoint=args.checkpoint, mvtec_root=args.mvtec_root, visa_root=args.visa_root,
+                 cnn_checkpoint=args.cnn_checkpoint, detector=args.detector)
+    if args.action == "check":
+        check = check_study(**files)
+        print(check.report())
+        return 2 if check.missing else 0
+    index = run_study(out_dir=args.out, results_dir=args.results_dir, executor=args.executor, **files)
+    print(f"Book: {index}")
     return 0
 
 
@@ -140,22 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grid", help="run one of the study's tables (every dataset x setting x seed), in-process or "
                                     "on Ray, and print its summary")
-    p.add_argument("table", choices=["main", "gem-vs-clip", "prompts", "scales", "cheung", "tamura"])
-    p.add_argument("--datasets", default="synthetic,magnetic_tile", help="comma-separated study datasets")
+    p.add_argument("table", choices=["main", "gem-vs-clip", "prompts", "scales", "cheung", "tamura", "guidance"])
+    p.add_argument("--preset", choices=["default", "paper"],
+                   help="paper: ViT-B-16-plus-240, mvtec,visa, all test images, seeds 0-4, 1000 resamples "
+                        "(explicit options win)")
+    p.add_argument("--datasets", help="comma-separated study datasets [synthetic,magnetic_tile]")
     p.add_argument("--roots", default="", help="comma-separated roots in the same order (empty: default)")
-    p.add_argument("--seeds", default="0,1", help="few-shot reference draws")
+    p.add_argument("--seeds", help="few-shot reference draws [0,1]")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="ray: one Ray task per run (cluster at $RAY_ADDRESS, else a local one); same results")
     p.add_argument("--results-dir", type=Path, help="where run folders go (default results/, or $ZSAD_RESULTS)")
-    p.add_argument("--model", default="ViT-B-16-plus-240", help="open_clip architecture (zsad-tiny-vit: tests)")
+    p.add_argument("--model", help="open_clip architecture [ViT-B-16-plus-240] (zsad-tiny-vit: tests)")
     p.add_argument("--checkpoint", help="local open_clip checkpoint (default $ZSAD_CHECKPOINT; none: RANDOM WEIGHTS)")
     p.add_argument("--cnn-checkpoint", help="torchvision WideResNet-50 file for patchcore")
     p.add_argument("--max-images", type=int, help="test images per class (evenly spaced subset)")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for intervals (0: none)")
+    p.add_argument("--n-boot", type=int, help="bootstrap resamples for intervals [200] (0: none)")
     p.add_argument("--autocast", choices=["bf16", "fp16"], help="image towers under torch.autocast")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when torch sees a GPU, else cpu)")
     p.add_argument("--sizes", help="FADE's segmentation scales (main, gem-vs-clip, prompts)")
-    p.add_argument("--class-prompts", help="LLM class-prompt file (cheung)")
+    p.add_argument("--class-prompts", help="LLM class-prompt files, comma-separated (cheung; the file holding a "
+                                           "class is used)")
     p.add_argument("--detector", help="Grounding DINO folder (cheung; default: small RANDOM)")
     group = p.add_argument_group("table parameters (each applies to the tables named)")
     group.add_argument("--methods", help="main: comma-separated methods [fade,winclip,patchcore]")
@@ -165,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--random-words", help="tamura: comma-separated numbers of random words [0,3]")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_grid)
+
+    p = sub.add_parser("study", help="the papers' study at paper scale: check its files (seconds), or run every "
+                                     "chapter with the paper preset and build the book (make study)")
+    p.add_argument("action", choices=["check", "run"])
+    p.add_argument("--checkpoint", help="the open_clip file FADE uses (default $ZSAD_CHECKPOINT)")
+    p.add_argument("--mvtec-root", help="MVTec AD root (default $ZSAD_MVTEC_ROOT)")
+    p.add_argument("--visa-root", help="VisA root with split_csv/1cls.csv (default $ZSAD_VISA_ROOT)")
+    p.add_argument("--cnn-checkpoint", help="torchvision WideResNet-50 file (default $ZSAD_CNN_CHECKPOINT; none: "
+                                            "PatchCore RANDOM)")
+    p.add_argument("--detector", help="Grounding DINO folder (none: Cheung et al.'s detector RANDOM)")
+    p.add_argument("--out", default="_study", help="where the executed chapters and the book go [_study]")
+    p.add_argument("--results-dir", default="results/paper", help="run folders [results/paper]")
+    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.set_defaults(func=_cmd_study)
 
     p = sub.add_parser("eval", help="recompute all metrics from a predictions.npz file (or run folder)")
     p.add_argument("--predictions", required=True, type=Path)

@@ -32,9 +32,21 @@ overlapping-window smear of pooling the interleaved ``C*9`` vector.
 
 Feature extraction runs the network up to ``layer3`` only (``layer4`` and ``fc`` are never evaluated); the network
 is in eval mode (batch norm uses its running statistics).
+
+Reproducibility (:func:`reproducible_convolutions`): on the CPU the forward runs torch's own convolution (im2col and
+one GEMM per image) instead of oneDNN (and never NNPACK). oneDNN picks its blocking, and so the order in which it sums
+over input channels, by the number of intra-op threads: the same image gave features that differed by up to 1.9e-5
+between 1 and 2 torch threads (WideResNet-50-2, random weights, 224 px; 5.7e-5 at layer3), enough to move
+PatchCore's scores by 7.6e-6 and its pixel metrics in the 8th digit, so a run's bytes depended on the thread count
+(a Ray task ran with 1 thread, the driver with all cores). Torch's own convolution gave the same bits for 1 to 16
+threads and for batches of 1 to 6 images (``benchmarks/bench_executor_equality.py``, ``tests/test_distributed.py``),
+so features read from the cache equal freshly computed ones whatever run computed them. It costs time on the CPU:
+about 2x oneDNN's (0.24 s against 0.13 s per 224 px image with 1 thread on the project's 2-core machine). CUDA runs
+and CPU bf16 autocast runs keep their fast kernels.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -64,6 +76,7 @@ __all__ = [
     "default_cnn_checkpoint",
     "imagenet_transform",
     "imagenet_preprocess",
+    "reproducible_convolutions",
     "cnn_feature_maps",
     "extract_patch_features",
 ]
@@ -182,18 +195,44 @@ def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
     return layers
 
 
+@contextlib.contextmanager
+def reproducible_convolutions(device: str | torch.device = "cpu"):
+    """Within the block, CPU convolutions use torch's own kernel (im2col + one GEMM per image), not oneDNN or NNPACK.
+
+    Their result does not depend on the number of torch threads or on the other images of the batch (oneDNN's does:
+    see the module docstring), so every executor, thread count and cache state gives the same features. The flags
+    are global to the process and restored on exit. A CUDA ``device`` changes nothing, and neither does CPU autocast
+    (``autocast="bf16"``): torch's own bfloat16 convolution is about 20x slower than oneDNN's, so bf16 runs keep
+    oneDNN and with it a thread-count dependence (bf16 differs from float32 far more than that anyway).
+    """
+    if torch.device(device).type != "cpu" or torch.is_autocast_enabled("cpu"):
+        yield
+        return
+    mkldnn = torch.backends.mkldnn.enabled
+    (nnpack,) = torch.backends.nnpack.set_flags(False)
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = mkldnn
+        torch.backends.nnpack.set_flags(nnpack)
+
+
 def cnn_feature_maps(cnn: LoadedCNN | torch.nn.Module, pixels: torch.Tensor,
                      layers: Sequence[str] = ("layer2", "layer3")) -> dict[str, torch.Tensor]:
-    """Raw feature maps ``{layer: (N, C, h, w)}`` of a batch; the forward stops at the deepest requested layer."""
+    """Raw feature maps ``{layer: (N, C, h, w)}`` of a batch; the forward stops at the deepest requested layer.
+
+    On the CPU it runs under :func:`reproducible_convolutions` (the same bits for any thread count and batch)."""
     layers = _check_layers(layers)
     model = cnn.model if isinstance(cnn, LoadedCNN) else cnn
-    x = model.maxpool(model.relu(model.bn1(model.conv1(pixels))))
     out = {}
     last = max(LAYERS.index(name) for name in layers)
-    for name in LAYERS[: last + 1]:
-        x = getattr(model, name)(x)
-        if name in layers:
-            out[name] = x
+    with reproducible_convolutions(pixels.device):
+        x = model.maxpool(model.relu(model.bn1(model.conv1(pixels))))
+        for name in LAYERS[: last + 1]:
+            x = getattr(model, name)(x)
+            if name in layers:
+                out[name] = x
     return out
 
 

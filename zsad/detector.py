@@ -1,7 +1,8 @@
 """Grounding DINO (Liu et al. 2023) through transformers: load from a local folder or seeded random init, detect.
 
 Cheung et al. 2024 locate the product with Grounding DINO, queried with the class name, and crop the boxes it
-returns (method notes 5.3). zsad never downloads weights, so a detector is either
+returns (Cheung et al., APSIPA ASC 2024, arXiv:2411.19220, sec. III, eq. 3). zsad never downloads weights, so a
+detector is either
 
 - a local Hugging Face-format folder (e.g. a copy of ``IDEA-Research/grounding-dino-tiny``: ``config.json``,
   ``model.safetensors``, ``preprocessor_config.json`` and the BERT tokenizer files), loaded with

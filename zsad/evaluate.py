@@ -35,6 +35,13 @@ def class_metrics(labels, scores, masks=None, maps=None, *, n_boot: int = 200, s
     return rows
 
 
+def check_n_boot(n_boot) -> int:
+    """``n_boot`` as an int >= 0 (0: no intervals), or a ``ValueError`` saying so."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ValueError(f"n_boot (--n-boot) must be an integer >= 0 (0: no intervals), got {n_boot!r}")
+    return int(n_boot)
+
+
 def metrics_table(pred: dict, *, dataset: str, method: str, setting: str, shots: int, seed: int,
                   n_boot: int = 200, boot_seed: int = 0) -> pd.DataFrame:
     """Tidy metrics (columns :data:`zsad.results.METRIC_COLUMNS`) for predictions of one or more classes.
@@ -43,6 +50,7 @@ def metrics_table(pred: dict, *, dataset: str, method: str, setting: str, shots:
     are the unweighted means over classes (as every paper reports), with intervals too: images resampled over all
     classes at once, every class's metric recomputed and averaged.
     """
+    check_n_boot(n_boot)
     classes = np.asarray(pred["classes"], dtype=str)
     labels, scores = np.asarray(pred["labels"]), np.asarray(pred["scores"])
     masks, maps = pred.get("masks"), pred.get("maps")
@@ -93,6 +101,7 @@ def evaluate_predictions(path, *, n_boot: int = 200, seed: int = 0) -> pd.DataFr
     The run's dataset, method, setting, shots and seed are read from the ``provenance.json`` beside the file when
     there is one, so the result can be compared row by row with the run's own ``metrics.csv``.
     """
+    check_n_boot(n_boot)
     path = Path(path)
     pred = read_predictions(path)
     prov_file = (path if path.is_dir() else path.parent) / "provenance.json"

@@ -22,7 +22,9 @@ recomputes the whole vision forward from the tower's own parts (``conv1``, ``cla
 equals ``model.encode_image`` (before normalisation) and the GEM stream equals the official GEM on open_clip 2.24
 with the same weights, to float tolerance (``tests/test_gem.py``, ``benchmarks/gem_reference.py``).
 
-The math (method notes 1.2), for each wrapped block l with original-stream input ``z`` and GEM-stream input ``g``::
+The math (Bousselham et al., CVPR 2024, arXiv:2312.00878, as the official code computes it: github.com/WalBouss/GEM,
+``gem/gem_utils.py`` and ``gem/gem_wrapper.py``; the book's Methods chapter, book/methods.md, section "GEM patch
+tokens"), for each wrapped block l with original-stream input ``z`` and GEM-stream input ``g``::
 
     u = LN1(z)                                   # from the ORIGINAL stream
     q, k, v = heads(u W_qkv + b_qkv)

@@ -15,8 +15,8 @@ Conventions
 * Metrics are computed per class; :func:`mean_over_classes` gives the unweighted mean
   over classes that the FADE, WinCLIP and APRIL-GAN papers report.
 
-Definitions (method notes, section 3)
--------------------------------------
+Definitions (the book's chapter book/metrics.md; FADE's ``evaluation/`` code, github.com/BMVC-FADE/BMVC-FADE)
+--------------------------------------------------------------------------------------------------------------
 ``auroc``
     Area under the ROC curve (= ``sklearn.metrics.roc_auc_score``).
 ``aupr``

@@ -3,9 +3,12 @@
 Three ensembles (:data:`ENSEMBLES`):
 
 ``winclip``
-    WinCLIP's compositional prompt ensemble (Jeong et al. 2023; the 22-template list FADE's ``winclip_prompt.json``
-    holds, method notes 1.8): 7 normal and 4 abnormal state phrases around the class name, each inside 22 templates,
-    giving 154 normal and 88 abnormal prompts. anomalib's copy has 21 templates (one duplicated, one missing).
+    WinCLIP's compositional prompt ensemble (Jeong et al. 2023; the 22-template list of ``prompts/winclip_prompt.json``
+    in FADE's repository, github.com/BMVC-FADE/BMVC-FADE): 7 normal and 4 abnormal state phrases around the class
+    name, each inside 22 templates, giving 154 normal and 88 abnormal prompts, without a trailing full stop.
+    anomalib's copy (``anomalib.models.image.winclip.prompting``) has 21 entries, each ending in ".": two of these
+    templates are missing and one is repeated (the book's Methods chapter, book/methods.md, section "Where zsad
+    departs from a reference implementation").
 ``llm_generic``
     FADE-style generic descriptions of normal and abnormal objects, no class names, from five recipes that follow the
     five instruction ideas of FADE's ChatGPT-3.5 ensembles (:data:`GENERIC_RECIPES`); one file per seed
@@ -129,7 +132,8 @@ CLASS_NAME_ALIASES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut"
                       "circuit board", "pipe fryum", "magnetic tile")
 
 # --- the recipes: completion-style (a base model continues a numbered list); all texts are ours -------------------
-# Each generic recipe follows one of the five instruction ideas of FADE's ChatGPT ensembles (method notes 1.8).
+# Each generic recipe follows one of the five instruction ideas of FADE's ChatGPT ensembles (FADE paper, sec. 3.2;
+# the instructions are stored with the prompts in prompts/chatgpt3.5_prompt{1..5}.json of FADE's repository).
 GENERIC_RECIPES = {
     "r1_undamaged": {
         "idea": "captions of a photo of an undamaged / damaged object that never name the object",
@@ -582,19 +586,13 @@ def dumps_prompt_file(data: dict) -> str:
 
 
 def write_prompt_file(path, data: dict, *, overwrite: bool = True) -> Path:
-    """Write a prompt file atomically (temporary sibling + rename)."""
-    from zsad.results import write_text_atomic
-
-    import os
+    """Write a prompt file atomically (temporary sibling + rename, ordinary file permissions)."""
+    from zsad.atomic import write_text
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise ValueError(f"{path} exists; pass --overwrite to replace it")
-    write_text_atomic(path, dumps_prompt_file(data))
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)  # the temporary file was created private (0600); make it an ordinary data file
-    return path
+    return write_text(path, dumps_prompt_file(data))
 
 
 def _load_json(path: Path):

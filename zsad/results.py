@@ -94,7 +94,9 @@ def provenance(parameters: dict, *, model=None, seed: int | None = None, referen
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "packages": package_versions(),
+        "torch_threads": torch.get_num_threads(),  # float32 CPU kernels may round by thread count (zsad.distributed)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "packages": dict(sorted(package_versions().items())),  # as a run folder's sorted JSON reads back
         "seed": seed,
         "parameters": parameters,
         "weights": model.provenance() if model is not None else None,

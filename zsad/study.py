@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -19,14 +21,14 @@ from zsad.evaluate import metrics_table
 from zsad.features import TokenSet, check_autocast, extract_tokens, token_params
 from zsad.methods.base import resize_maps
 from zsad.methods.cheung import CheungConfig
-from zsad.methods.cheung_run import ABLATION_ROWS, CHEUNG_METHODS
+from zsad.methods.cheung_run import ABLATION_ROWS, CHEUNG_METHODS, class_prompts_for
 from zsad.methods.fade import FadeConfig, fade, vision_distances
 from zsad.methods.patchcore import PatchCoreConfig, patchcore
 from zsad.methods.tamura import TamuraConfig
 from zsad.methods.tamura_run import tamura_class
 from zsad.methods.winclip import WinClipConfig, winclip
 from zsad.prompts import read_prompt_file, winclip_prompts
-from zsad.results import check_run_target, provenance, write_run
+from zsad.results import check_run_target, is_run_folder, provenance, read_run, write_run
 from zsad.text import prototypes
 from zsad.windows import extract_window_tokens
 
@@ -381,7 +383,7 @@ def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classe
         if not p["prompts"] and not p["winclip_in_segmentation"]:
             raise ValueError("the segmentation ensemble is empty: give prompt files or keep the WinCLIP prompts")
     if "class_prompts" in spec.uses:
-        p["class_prompts"] = config.prompt_path(class_prompts) if class_prompts else None
+        p["class_prompts"] = tuple(config.prompt_path(x) for x in _names(class_prompts)) or None
         if method == "cheung" and not p["class_prompts"]:
             raise ValueError("cheung (the full method) needs class prompts from the LLM: pass class_prompts / "
                              "--class-prompts, e.g. prompts/llm_class_mvtec.json; cheung_no_prompt_generation is "
@@ -426,6 +428,8 @@ def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classe
                              f"shots={shots} needs {shots} normal reference images")
         tests[cls] = test
         references[cls] = sample_references(parts["train"], shots, seed) if shots else []
+        if p.get("class_prompts"):
+            class_prompts_for(cls, p["class_prompts"])  # every class has LLM prompts in one of the files
 
     applied = {**{k: v for k, v in p.items() if k not in ("prompts", "class_prompts", "detector", "sizes")},
                "root": config.display_path(data_root), "classes": sorted(by_class), "max_images": max_images,
@@ -436,12 +440,65 @@ def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classe
     if "prompts" in p:
         applied["prompts"] = [config.display_path(x) for x in p["prompts"]]
     if "class_prompts" in p:
-        applied["class_prompts"] = config.display_path(p["class_prompts"]) if p["class_prompts"] else None
+        applied["class_prompts"] = [config.display_path(x) for x in p["class_prompts"] or ()]
     if "detector" in p:
         applied["detector"] = config.display_path(p["detector"]) if p["detector"] else None
     feature_cache = FeatureCache() if cache is True else (cache or None)
     params = {**p, "config": cfg, "autocast": autocast, "cache": feature_cache, "device": device}
     return RunPlan(method, spec, params, applied, tests, references, weights, out, overwrite, feature_cache)
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest() -> str:
+    """sha256 over every source file of the zsad package (the imported code; read once per process)."""
+    h = hashlib.sha256()
+    for path in sorted(config.PACKAGE_DIR.rglob("*.py")):
+        h.update(path.relative_to(config.PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _stat_digest(paths) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        st = Path(p).stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def fingerprint(plan: "RunPlan") -> dict:
+    """What a finished run folder must match to be reused instead of recomputed (``resume``): the code, the
+    weights file's content, the prompt files' contents and the images' paths, sizes and modification times."""
+    def content(path):
+        path = Path(path).expanduser().resolve()
+        st = path.stat()
+        return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
+
+    files = [*plan.params.get("prompts", ()), *(plan.params.get("class_prompts") or ())]
+    images = [r.path for recs in (*plan.tests.values(), *plan.references.values()) for r in recs]
+    return {"code": code_digest(), "weights": content(plan.weights) if plan.weights else "random",
+            "prompts": [content(f) for f in files], "images": _stat_digest(images)}
+
+
+def reusable(plan: "RunPlan") -> dict | None:
+    """The finished run folder at ``plan.out`` as :func:`zsad.results.read_run` returns it, when it was computed
+    from exactly this plan (same parameters and :func:`fingerprint`); else None."""
+    if plan.out is None or not is_run_folder(plan.out):
+        return None
+    try:
+        run = read_run(plan.out)
+    except (OSError, ValueError):
+        return None
+    prov = run["provenance"]
+    applied = json.loads(json.dumps(plan.applied, sort_keys=True, default=str))
+    if prov.get("parameters") != applied or prov.get("fingerprint") != fingerprint(plan):
+        return None
+    return run
 
 
 def _config_record(cfg) -> dict:
@@ -475,7 +532,8 @@ def execute(plan: RunPlan, progress: bool = True) -> dict:
     table = metrics_table(predictions, dataset=params["dataset"], method=plan.method, setting=applied["setting"],
                           shots=params["shots"], seed=params["seed"], n_boot=applied["n_boot"])
     prov = provenance(applied, model=loaded, seed=params["seed"],
-                      references={c: [r.relpath for r in refs] for c, refs in plan.references.items() if refs})
+                      references={c: [r.relpath for r in refs] for c, refs in plan.references.items() if refs},
+                      extra={"fingerprint": fingerprint(plan)})
     path = write_run(plan.out, table, predictions, prov, overwrite=plan.overwrite) if plan.out else None
     return {"metrics": table, "predictions": predictions, "provenance": prov, "path": path}
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from zsad import config
-from zsad.study import METHODS, SPECIFIC_ARGUMENTS, _names, execute, plan_run
+from zsad.paper_tables import METRIC_NAMES
+from zsad.results import read_run
+from zsad.study import METHODS, SPECIFIC_ARGUMENTS, _names, execute, plan_run, reusable
 
 #: FADE's Tab. 7 compares LLM ensembles; ours are five seeds of one generator (prompts/README.md).
 DEFAULT_PROMPT_FILES = ",".join(f"llm_generic_seed{i}" for i in range(5))
@@ -37,7 +39,8 @@ def _job_kwargs(setting: dict, predict_kwargs: dict) -> dict:
 
 
 def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", roots="", seeds="0,1",
-                 results_dir=None, executor: str = "local", progress: bool = True, **predict_kwargs) -> dict:
+                 results_dir=None, executor: str = "local", progress: bool = True, resume: bool = True,
+                 **predict_kwargs) -> dict:
     """Run every (dataset, setting, seed) of a table and write one run folder each.
 
     ``settings`` is a list of dicts with ``method`` and ``shots`` and optionally any other :func:`zsad.study.predict`
@@ -49,7 +52,9 @@ def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", ro
     replaced on a re-run (only folders zsad wrote are ever replaced).
 
     Every run is checked (:func:`zsad.study.plan_run`) before the first one computes, so a bad later setting fails
-    in seconds, not after hours of feature passes.
+    in seconds, not after hours of feature passes. With ``resume`` (the default) a finished run folder computed
+    from the same parameters, code, weights, prompt files and images (:func:`zsad.study.reusable`) is read back
+    instead of recomputed, so an interrupted table continues where it stopped.
 
     ``executor="ray"`` runs the runs as Ray tasks (cluster from ``$RAY_ADDRESS``, else a local one; a task asks for
     a GPU when the driver sees one).
@@ -87,16 +92,21 @@ def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", ro
                                      "different variants")
                 jobs[rid] = dict(dataset=dataset, root=root_of[dataset] or None, seed=seed, out=out_root / rid,
                                  overwrite=True, **_job_kwargs({**setting, "shots": k}, predict_kwargs))
+    if executor not in ("local", "ray"):
+        raise ValueError(f"unknown executor {executor!r}; choose 'local' or 'ray'")
     plans = {rid: plan_run(**job) for rid, job in jobs.items()}  # every run checked before any computes
-    if executor == "ray":
+    done = {rid: run for rid, plan in plans.items() if resume and (run := reusable(plan)) is not None}
+    todo = [rid for rid in jobs if rid not in done]
+    if executor == "ray" and todo:
         from zsad.distributed import run_on_ray
 
-        results = run_on_ray(list(jobs.values()), progress=progress)
-    elif executor == "local":
-        results = [execute(plan, progress) for plan in plans.values()]
+        computed = dict(zip(todo, run_on_ray([jobs[rid] for rid in todo], progress=progress)))
     else:
-        raise ValueError(f"unknown executor {executor!r}; choose 'local' or 'ray'")
-    return {"metrics": pd.concat([r["metrics"] for r in results], ignore_index=True),
+        computed = {rid: execute(plans[rid], progress) for rid in todo}
+    results = [done.get(rid) or computed[rid] for rid in jobs]
+    # Metrics as written to the run folders (the same values whether a run was computed now or read back).
+    metrics = [done[rid]["metrics"] if rid in done else read_run(computed[rid]["path"])["metrics"] for rid in jobs]
+    return {"metrics": pd.concat(metrics, ignore_index=True),
             "provenance": {rid: r["provenance"] for rid, r in zip(jobs, results)},
             "paths": [r["path"] for r in results]}
 
@@ -270,9 +280,24 @@ def tamura_settings(random_words="0,3") -> list[dict]:
     return out
 
 
-def cheung_settings() -> list[dict]:
-    """Cheung et al.'s Tables II-V: the full method and its two ablation rows (zero-shot, image level)."""
-    return [{"method": m, "shots": 0} for m in ("cheung", "cheung_no_prompt_generation", "cheung_no_object_detection")]
+def cheung_settings(baselines: bool = True) -> list[dict]:
+    """Cheung et al.'s Tables II-V: the full method and its two ablation rows (zero-shot, image level), and the
+    baselines of Tables II/III that zsad has (WinCLIP 0-shot, PatchCore 1-shot; SPADE and PaDiM it has not)."""
+    rows = [{"method": m, "shots": 0} for m in ("cheung", "cheung_no_prompt_generation", "cheung_no_object_detection")]
+    if baselines:
+        rows += [{"method": "winclip", "shots": 0}, {"method": "patchcore", "shots": 1}]
+    return rows
+
+
+def guidance_settings(shots="0,1,4") -> list[dict]:
+    """FADE's Tab. 5 (AC) and 6 (AS): language guidance only, vision guidance only, and both (the official fusion),
+    at each shot count."""
+    out = []
+    for k in _ints(shots):
+        out += [{"method": "fade", "shots": k, "mode": "language", "variant": "language only"},
+                {"method": "fade", "shots": k, "mode": "vision", "variant": "vision only"},
+                {"method": "fade", "shots": k}]
+    return out
 
 
 #: The study's tables by name: (run folder under results/, the same as the table's notebook; settings function).
@@ -284,6 +309,7 @@ TABLES = {
     "scales": ("t05_scales", scale_settings),
     "cheung": ("t06_cheung", cheung_settings),
     "tamura": ("t07_tamura", tamura_settings),
+    "guidance": ("t09_guidance", guidance_settings),
 }
 
 
@@ -304,3 +330,41 @@ def run_table(name: str, table_args: dict | None = None, **kwargs) -> dict:
                          f"{', '.join(allowed) or 'none'}")
     study, settings = TABLES[name]
     return run_settings(study, settings(**(table_args or {})), **kwargs)
+
+
+def read_results(results_dir=None, studies=None) -> pd.DataFrame:
+    """Every finished run's metrics under ``results_dir`` (default ``results/``), with a ``study`` column (the
+    chapter's folder, e.g. ``t02_main``); ``studies`` limits it to those folders."""
+    root = Path(results_dir or config.RESULTS_DIR)
+    frames = []
+    for prov in sorted(root.glob("*/*/*/provenance.json")):
+        study = prov.parent.parent.parent.name
+        if studies is not None and study not in _names(studies):
+            continue
+        frames.append(read_run(prov.parent)["metrics"].assign(study=study))
+    if not frames:
+        raise ValueError(f"no finished run folders under {root} (run the chapters first: make notebooks)")
+    return pd.concat(frames, ignore_index=True)
+
+
+def per_class(metrics: pd.DataFrame, metric_names=("auroc", "aupr", "f1_max", "pauroc", "pro", "pf1_max"),
+              digits: int = 3) -> pd.DataFrame:
+    """Per-class values of every (dataset, method, setting): ``mean ± std (n)`` over seeds (``ddof = 0``), one row
+    per class and the class mean last; a column per metric ("–" where the method has no such metric, e.g. pixel
+    metrics of an image-level method). Plain columns, no index."""
+    keys = ["dataset", "method", "setting", "class"]
+    g = metrics[metrics.metric.isin(metric_names)].groupby(keys + ["metric"], sort=False)["value"]
+
+    def text(v) -> str:
+        v = v.to_numpy(dtype=float)
+        return f"{v[0]:.{digits}f}" if v.size == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=0):.{digits}f} (n={v.size})"
+
+    cells = g.apply(text).unstack("metric")
+    present = [m for m in metric_names if m in cells.columns]
+    wide = cells[present].reset_index()
+    wide["_mean_last"] = wide["class"] == "mean"
+    wide = wide.sort_values(["dataset", "method", "setting", "_mean_last", "class"], kind="stable")
+    wide = wide.drop(columns="_mean_last").fillna("–")
+    wide.columns = [*keys, *(METRIC_NAMES.get(m, m) for m in present)]
+    return wide.reset_index(drop=True)
+

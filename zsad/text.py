@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 # FADE encodes text through GEM's wrapper, which puts every prompt inside this template before tokenising
-# (method notes 1.4), e.g. "a photo of a a cropped photo of the damaged bottle." Kept to reproduce its numbers.
+# (``GEMWrapper.encode_text`` in github.com/WalBouss/GEM, gem/gem_wrapper.py, which FADE's utils/embeddings.py calls;
+# book/methods.md, "Details the papers do not state"), e.g. "a photo of a a cropped photo of the damaged bottle."
+# Kept to reproduce its numbers.
 FADE_WRAPPER = "a photo of a {}."
 
 

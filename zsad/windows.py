@@ -3,7 +3,9 @@
 WinCLIP (Jeong et al., CVPR 2023) describes an image by CLIP embeddings at three scales: the whole image (the CLS
 embedding), and sliding windows of 2x2 and 3x3 patches (32 and 48 px on the 15x15 grid of ViT-B-16-plus-240 at
 240 px), stride one patch: 196 and 169 windows. A window is not a crop that is re-encoded from pixels: its embedding
-is computed by *masking the token sequence* (method notes section 2):
+is computed by *masking the token sequence*, as anomalib (``anomalib.models.image.winclip``, ``torch_model.py``)
+and zqhang/Accurate-WinCLIP-pytorch do (the book's Methods chapter, book/methods.md, section "WinCLIP and
+WinCLIP+"):
 
     tokens = patch_embed(image) (+) CLS, + positional embedding    # the output of the embedding step
     keep CLS and the window's patch tokens                          # 1 + s*s tokens, positions kept
@@ -11,8 +13,8 @@ is computed by *masking the token sequence* (method notes section 2):
 
 so a window "sees" only its own patches, with their original positional embeddings.
 
-Why this module exists (the version trap of the method notes)
---------------------------------------------------------------
+Why this module exists (a silent version trap: the book's chapter book/traps.md, section 2)
+-------------------------------------------------------------------------------------------
 anomalib's WinCLIP (and zqhang's) permute the masked tokens to (L, N, D) before calling ``visual.transformer``.
 That was right for open_clip < 2.26; from 2.26 on the ``Transformer`` is batch-first and the permute makes every
 block attend across *windows* instead of across tokens. Nothing raises; the window embeddings are just wrong (cosine
@@ -190,14 +192,13 @@ def encode_all(model: nn.Module, pixels: torch.Tensor, scales: Sequence[int] = D
     masks = window_masks(_grid_of_pixels(visual, pixels), scales, stride)
     windows = {s: _window_forward(visual, x, m, max_sequences) for s, m in masks.items()}
     z = _blocks(visual, x)
-    if patch_stream == "raw":
-        patch = z[:, 1:]
-        cls = _head(visual, z[:, :1])[:, 0]
-    else:
-        full = visual.ln_post(z)
-        proj = getattr(visual, "proj", None)
-        cls = full[:, 0] @ proj if proj is not None else full[:, 0]
-        patch = full[:, 1:] @ proj if (patch_stream == "proj" and proj is not None) else full[:, 1:]
+    # The CLS is projected together with every token: a GEMM of B * (1 + h*w) rows rounds each row the same for any
+    # batch and thread count, one of B rows (a small batch) does not (MKL; see zsad.distributed).
+    full = visual.ln_post(z)
+    proj = getattr(visual, "proj", None)
+    projected = full @ proj if proj is not None else full
+    cls = projected[:, 0]
+    patch = z[:, 1:] if patch_stream == "raw" else projected[:, 1:] if patch_stream == "proj" else full[:, 1:]
     return cls, windows, patch
 
 

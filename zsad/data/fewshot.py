@@ -1,7 +1,8 @@
 """Seeded choice of the k normal reference images of the few-shot setting.
 
 ``sample_references(train_records, shots, seed)`` with the default ``sampler="fade"`` picks exactly the images
-FADE's reference loader picks (method-notes 1.6): FADE iterates a shuffled ``DataLoader(batch_size=1)`` over
+FADE's reference loader picks (``utils/image_model.py`` of github.com/BMVC-FADE/BMVC-FADE; the book's Methods
+chapter, book/methods.md, "Details the papers do not state"): FADE iterates a shuffled ``DataLoader(batch_size=1)`` over
 the class's train list once, then calls ``torch.manual_seed(seed)`` and takes the first ``shots`` images of a
 fresh iteration. Creating that iterator consumes one int64 draw of the global generator (its base seed) before
 the ``RandomSampler`` draws the seed of its own generator and shuffles with ``randperm``. Replayed here on a

@@ -16,8 +16,8 @@ No official code exists; this follows the paper's text (section III):
   are L2-normalised here, whatever the caller passes; ``t_n``/``t_a`` are the renormalised means of the two prompt
   ensembles), not a softmax.
 
-Decisions where the paper is silent (method notes 5.3)
-------------------------------------------------------
+Decisions where the paper is silent (the book's Methods chapter, book/methods.md, section "Cheung et al.")
+---------------------------------------------------------------------------------------------------------
 - **Box coordinates.** :func:`crop_boxes` takes pixel or normalised (``normalized=True``, fractions of width and
   height) boxes in ``xyxy`` (transformers' post-processed output, the default), ``cxcywh`` (Grounding DINO's raw
   ``pred_boxes``) or ``xywh`` (the paper's ``b = [x, y, w, h]``). Boxes are rounded outwards (floor of the start,

@@ -29,6 +29,8 @@ image-level only: ``info["image_only"] = True``, maps are (N, 1, 1).
 """
 from __future__ import annotations
 
+import os
+
 from collections.abc import Sequence
 from dataclasses import asdict, fields, replace
 from functools import partial
@@ -85,13 +87,20 @@ def get_detector(spec=None, seed: int = 0, device="cpu") -> LoadedDetector:
 
 
 def class_prompts_for(cls: str, class_prompts=None) -> tuple[dict[str, list[str]], str, str | None]:
-    """``(prompts, source, note)``: the LLM prompts of ``cls`` from a class prompt file, else WinCLIP's ensemble."""
+    """``(prompts, source, note)``: the LLM prompts of ``cls`` from the first class prompt file that holds the class
+    (``class_prompts``: a path or a sequence of paths, e.g. one file per dataset), else WinCLIP's ensemble."""
     if not class_prompts:
         return winclip_prompts(class_prompt_name(cls)), "winclip", None
-    prompts = read_class_prompts(class_prompts, cls)
-    if not isinstance(prompts, dict) or not all(prompts.get(side) for side in ("normal", "abnormal")):
-        raise ValueError(f"{class_prompts}: no normal and abnormal prompts for class {cls!r}")
-    return {side: list(prompts[side]) for side in ("normal", "abnormal")}, f"llm:{class_prompts}", None
+    files = [class_prompts] if isinstance(class_prompts, (str, os.PathLike)) else list(class_prompts)
+    errors = []
+    for path in files:
+        try:
+            prompts = read_class_prompts(path, cls)
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        return {side: list(prompts[side]) for side in ("normal", "abnormal")}, f"llm:{path}", None
+    raise ValueError("; ".join(errors))
 
 
 def _text_embeddings(loaded, prompts: dict, cache=None) -> tuple[torch.Tensor, torch.Tensor]:

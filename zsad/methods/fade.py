@@ -1,7 +1,9 @@
 """FADE: Few-shot/zero-shot Anomaly Detection Engine (Li, Ivanova and Bruveris, BMVC 2024), as its code runs.
 
-Every rule below follows the official code (method notes 1.4-1.7); where the paper and the code differ, the code
-wins and the paper's reading is an option.
+Every rule below follows the official code (github.com/BMVC-FADE/BMVC-FADE at commit 43d237b of 2024-11-22:
+``scripts/run_fade.py``, ``utils/anomaly_detection.py``, ``utils/image_model.py``, ``utils/text_model.py``; the
+book's Methods chapter, book/methods.md, section "FADE"); where the paper and the code differ, the code wins and the
+paper's reading is an option.
 
 Language-guided (text prototypes ``t_n``, ``t_a``; ``<.,.>`` cosine; temperature ``tau`` = 0.01)
 

@@ -1,6 +1,6 @@
 """Tamura 2023: random-word data augmentation with CLIP for zero-shot anomaly detection (BMVC 2023).
 
-What the paper says (abstract; no code was released, method notes section 4): CLIP's *text* encoder is used as a
+What the paper says (abstract, arXiv:2308.11119; no code has been released): CLIP's *text* encoder is used as a
 data source. Typical prompts containing normal / anomaly words are encoded, with several randomly generated words
 inserted into each prompt so that the encoder yields a diverse set of normal and anomalous embeddings; a small
 feed-forward network (FFN) is trained on these labelled text embeddings and then applied to CLIP *image* embeddings,
@@ -359,15 +359,25 @@ def _train(x, y, cfg: TamuraConfig) -> tuple[TamuraNet, dict]:
 
 
 @torch.no_grad()
-def ffn_probability(net: TamuraNet, emb: torch.Tensor, temperature: float = 1.0, chunk: int = 65536) -> torch.Tensor:
-    """``sigmoid(FFN(N(e)) / temperature)`` for embeddings (..., D) -> (...) float64, on the CPU."""
+def ffn_probability(net: TamuraNet, emb: torch.Tensor, temperature: float = 1.0, chunk: int = 65536,
+                    threads: int | None = 1) -> torch.Tensor:
+    """``sigmoid(FFN(N(e)) / temperature)`` for embeddings (..., D) -> (...) float64, on the CPU, with ``threads``
+    torch threads (restored afterwards; None: the caller's). A fixed count makes the probabilities bit-identical
+    whatever the caller's setting: MKL rounds a GEMM of a few rows (a class's image embeddings) differently with
+    the thread count."""
     if emb.shape[-1] != net.dim:
         raise ValueError(f"embeddings have dimension {emb.shape[-1]}, the FFN expects {net.dim}")
     flat = emb.reshape(-1, emb.shape[-1])
-    out = []
-    for start in range(0, flat.shape[0], chunk):
-        e = F.normalize(flat[start:start + chunk].to("cpu", torch.float32), dim=-1)
-        out.append(torch.sigmoid(net(e).double() / temperature))
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        out = []
+        for start in range(0, flat.shape[0], chunk):
+            e = F.normalize(flat[start:start + chunk].to("cpu", torch.float32), dim=-1)
+            out.append(torch.sigmoid(net(e).double() / temperature))
+    finally:
+        torch.set_num_threads(before)
     probs = torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
     return probs.reshape(emb.shape[:-1])
 

@@ -1,5 +1,6 @@
 """WinCLIP and WinCLIP+ (Jeong et al., "WinCLIP: Zero-/Few-Shot Anomaly Classification and Segmentation",
-CVPR 2023), as the re-implementations that reproduce the paper best realise it (method notes section 2).
+CVPR 2023, arXiv:2303.14814), as the re-implementations that reproduce the paper best realise it (the book's
+Methods chapter, book/methods.md, section "WinCLIP and WinCLIP+").
 
 There is no official code; the formulas follow anomalib (``models/image/winclip``) with zqhang's
 Accurate-WinCLIP-pytorch as the second reading. Features come from :mod:`zsad.windows` (image embedding ``e_0``,
