@@ -70,3 +70,14 @@ def test_bad_input_page_names_only_tests_that_exist():
     sources = "\n".join(p.read_text() for p in (PROJECT_ROOT / "tests").glob("test_*.py"))
     defined = set(re.findall(r"^def (test_[a-z0-9_]+)\(", sources, flags=re.M))
     assert len(named) >= 15 and named <= defined, sorted(named - defined)
+
+
+@pytest.mark.parametrize("chapter", ["t02_main_results", "t03_gem_vs_clip", "t04_prompts", "t05_scales",
+                                     "t06_cheung", "t07_tamura", "t08_gallery", "t09_guidance"])
+def test_every_chapter_opens_with_the_weights_banner(built_book, chapter):
+    html = (built_book / "notebooks" / f"{chapter}.html").read_text()
+    banner = html.find("RANDOM WEIGHTS")
+    first_table, first_figure = html.find("<table"), html.find("<img")
+    assert banner != -1 and (first_table == -1 or banner < first_table) and (first_figure == -1 or banner < first_figure)
+    if chapter == "t06_cheung":
+        assert "RANDOM</strong> Grounding DINO" in html

@@ -33,6 +33,7 @@ _PUBLIC = {
     "run_grid": "zsad.tables", "run_settings": "zsad.tables", "run_table": "zsad.tables", "summarise": "zsad.tables",
     "grid_settings": "zsad.tables",
     "format_table": "zsad.tables", "paper_table": "zsad.tables", "weights_note": "zsad.tables",
+    "weights_banner": "zsad.tables", "weights_label": "zsad.tables",
     "gem_vs_clip_settings": "zsad.tables", "scale_settings": "zsad.tables", "prompt_settings": "zsad.tables",
     "tamura_settings": "zsad.tables", "cheung_settings": "zsad.tables", "guidance_settings": "zsad.tables",
     "per_class": "zsad.tables", "read_results": "zsad.tables",
@@ -42,6 +43,8 @@ _PUBLIC = {
     "FeatureCache": "zsad.cache",
     "predict": "zsad.study", "check_parameters": "zsad.notebook", "run_arguments": "zsad.notebook",
     "preset_parameters": "zsad.preset",
+    # your own images
+    "Detector": "zsad.api",
     # where things are
     "paths": "zsad.config",
 }

@@ -93,13 +93,13 @@ class _Corrupt(Exception):
 
 
 def cache_root() -> Path:
-    """``$ZSAD_CACHE`` if set, else ``<project root>/cache``."""
+    """``$ZSAD_CACHE`` if set, else ``<project root>/cache`` in a clone, ``~/.cache/zsad`` when installed."""
     value = os.environ.get(CACHE_ENV, "").strip()
     if value:
         return Path(value).expanduser()
-    from zsad.config import PROJECT_ROOT
+    from zsad.config import default_cache_dir
 
-    return PROJECT_ROOT / "cache"
+    return default_cache_dir()
 
 
 @lru_cache(maxsize=None)

@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_cache(sub)
     register_prompts(sub)
+    import zsad.inspect
+
+    zsad.inspect.register(sub)
     return parser
 
 

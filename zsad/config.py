@@ -2,7 +2,13 @@
 
 ``ZSAD_CHECKPOINT``  default CLIP checkpoint file (none: seeded random weights)
 ``ZSAD_MVTEC_ROOT``, ``ZSAD_VISA_ROOT``  dataset roots for paper-scale runs (not needed by the default job)
-``ZSAD_RESULTS``  where run folders go (default ``<root>/results``)
+``ZSAD_RESULTS``  where run folders go (default ``<root>/results``; installed, not cloned: ``./results``)
+``ZSAD_CACHE``  the feature cache (default ``<root>/cache``; installed, not cloned: ``~/.cache/zsad``)
+
+In a clone (:func:`is_clone`) every path is under the project root, as always. Installed from a wheel the package's
+parent is site-packages: then the prompt files and ``paper_reported.csv`` come from the package data in
+``zsad/_data/`` (:data:`SHIPPED_DIR`), the cache defaults to ``$XDG_CACHE_HOME/zsad`` (``~/.cache/zsad``) and run
+folders to ``results/`` in the current directory.
 """
 from __future__ import annotations
 
@@ -11,13 +17,48 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
+#: Package data of an installed zsad: ``prompts/*.json`` and ``paper_reported.csv``.
+SHIPPED_DIR = PACKAGE_DIR / "_data"
+
+
+def is_clone(root=PROJECT_ROOT) -> bool:
+    """True when ``root`` is a zsad source tree: its pyproject.toml names the project zsad and it has ``.git`` or
+    the ``tests`` folder (an unpacked sdist or a copy of the checkout counts; site-packages does not)."""
+    root = Path(root)
+    try:
+        text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    import re
+
+    named = re.search(r'(?ms)^\[project\].*?^name\s*=\s*["\']zsad["\']', text) is not None
+    return named and ((root / ".git").exists() or (root / "tests").is_dir())
+
+
+IN_CLONE = is_clone(PROJECT_ROOT)
+
+
+def default_cache_dir(in_clone: bool = IN_CLONE) -> Path:
+    """The feature cache without ``$ZSAD_CACHE``: ``<root>/cache`` in a clone, else ``$XDG_CACHE_HOME/zsad``."""
+    if in_clone:
+        return PROJECT_ROOT / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "zsad"
+
+
+def default_results_dir(in_clone: bool = IN_CLONE) -> Path:
+    """Run folders without ``$ZSAD_RESULTS``: ``<root>/results`` in a clone, else ``./results``."""
+    return PROJECT_ROOT / "results" if in_clone else Path.cwd() / "results"
+
+
 DATA_DIR = PROJECT_ROOT / "data"
 # Embedded default data: a committed real subset and a synthetic tree generated on demand (seed 0).
 MAGNETIC_TILE_SUBSET = DATA_DIR / "magnetic_tile_subset"
 SYNTHETIC_DIR = DATA_DIR / "synthetic"
 SYNTHETIC_SEED = 0
-RESULTS_DIR = Path(os.environ.get("ZSAD_RESULTS", PROJECT_ROOT / "results"))
-PROMPTS_DIR = PROJECT_ROOT / "prompts"
+RESULTS_DIR = Path(os.environ["ZSAD_RESULTS"]) if "ZSAD_RESULTS" in os.environ else default_results_dir()
+PROMPTS_DIR = PROJECT_ROOT / "prompts" if IN_CLONE else SHIPPED_DIR / "prompts"
+#: The values the papers report (``zsad.paper``).
+PAPER_REPORTED = (PROJECT_ROOT / "results" if IN_CLONE else SHIPPED_DIR) / "paper_reported.csv"
 
 DATASET_ENV = {"mvtec": "ZSAD_MVTEC_ROOT", "visa": "ZSAD_VISA_ROOT", "magnetic_tile": "ZSAD_MAGNETIC_TILE_ROOT"}
 

@@ -45,9 +45,17 @@ def example_grid(records, *, per_group: int = 1, size: int = 160, title: str | N
     return fig
 
 
-def shots_plot(summary, metrics=("auroc", "pauroc"), title: str | None = None):
-    """One panel per (dataset, metric): metric against the number of shots, one line per method, error bars =
-    std over few-shot seeds. ``summary`` is :func:`zsad.tables.summarise` output."""
+def _title(fig, title: str | None, weights: str) -> None:
+    text = " · ".join(t for t in (title, weights) if t)
+    if text:
+        fig.suptitle(text, fontsize=10, color="#b00000" if "RANDOM" in weights else "black")
+
+
+def shots_plot(summary, metrics=("auroc", "pauroc"), title: str | None = None, weights: str = ""):
+    """One panel per (dataset, metric): metric against the number of shots, one line per method over the k-shot
+    settings, the zero-shot value a separate marker (a different pipeline: no reference images), error bars = std
+    over few-shot seeds (the ``± std`` of the tables). ``summary`` is :func:`zsad.tables.summarise` output;
+    ``weights`` (:func:`zsad.tables.weights_label`) goes into the title."""
     import seaborn as sns
 
     data = summary[summary.metric.isin(metrics)]
@@ -60,18 +68,21 @@ def shots_plot(summary, metrics=("auroc", "pauroc"), title: str | None = None):
             ax = axes[i, j]
             for method, rows in data[(data.dataset == dataset) & (data.metric == metric)].groupby("method"):
                 rows = rows.sort_values("shots")
-                ax.errorbar(rows.shots, rows["mean"], yerr=rows["std"], marker="o", capsize=3, label=method,
+                zero, k = rows[rows.shots == 0], rows[rows.shots > 0]
+                ax.errorbar(k.shots, k["mean"], yerr=k["std"], marker="o", capsize=3, label=method,
                             color=palette[method])
+                if len(zero):
+                    ax.plot(zero.shots, zero["mean"], marker="D", ls="none", color=palette[method],
+                            label=None if len(k) else method)
             ax.axhline(0.5, color="grey", lw=0.8, ls=":")
             ax.set(title=f"{dataset}: {metric}", xlabel="shots", ylim=(0, 1.02), xticks=sorted(data.shots.unique()))
     axes[0, -1].legend(fontsize=8, loc="lower right")
-    if title:
-        fig.suptitle(title, fontsize=10)
+    _title(fig, title, weights)
     fig.tight_layout()
     return fig
 
 
-def variant_plot(summary, metric: str = "pauroc", title: str | None = None):
+def variant_plot(summary, metric: str = "pauroc", title: str | None = None, weights: str = ""):
     """Horizontal bars of one metric per (dataset, method, setting) row of :func:`zsad.tables.summarise` output,
     with the std over seeds as error bars (for comparing variants of one setting)."""
     data = summary[summary.metric == metric].sort_values(["dataset", "method", "shots", "setting"])
@@ -86,8 +97,7 @@ def variant_plot(summary, metric: str = "pauroc", title: str | None = None):
         ax.invert_yaxis()
         ax.axvline(0.5, color="grey", lw=0.8, ls=":")
         ax.set(xlim=(0, 1), title=f"{dataset}: {metric}")
-    if title:
-        fig.suptitle(title, fontsize=10)
+    _title(fig, title, weights)
     fig.tight_layout()
     return fig
 
@@ -109,7 +119,8 @@ def gallery(run_dir, n: int = 2, size: int = 160):
 
     run_dir = Path(run_dir)
     pred = read_predictions(run_dir)
-    params = json.loads((run_dir / "provenance.json").read_text())["parameters"]
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    params = prov["parameters"]
     root = Path(params["root"])
     root = root if root.is_absolute() else PROJECT_ROOT / root
     labels, scores = pred["labels"], pred["scores"]
@@ -132,6 +143,9 @@ def gallery(run_dir, n: int = 2, size: int = 160):
                            levels=[0.5], colors=["white"], linewidths=0.8)
         ax.set_title(f"{what}\n{pred['classes'][i]} {scores[i]:.3f}", fontsize=7)
         ax.axis("off")
-    fig.suptitle(f"{params['method']} {params['setting']} on {params['dataset']}", fontsize=9)
+    weights = prov.get("weights") or {}
+    label = "RANDOM WEIGHTS" if weights.get("random_weights") else weights.get("checkpoint_sha256", "")[:12]
+    fig.suptitle(f"{params['method']} {params['setting']} on {params['dataset']} · {label}", fontsize=9,
+                 color="#b00000" if weights.get("random_weights") else "black")
     fig.tight_layout()
     return fig

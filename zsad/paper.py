@@ -34,11 +34,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from zsad.config import PROJECT_ROOT
+from zsad.config import PAPER_REPORTED
 
 __all__ = ["paper_reported", "compare", "PaperDataError", "DEFAULT_PATH", "COLUMNS", "PAPERS", "KEY"]
 
-DEFAULT_PATH = PROJECT_ROOT / "results" / "paper_reported.csv"
+DEFAULT_PATH = PAPER_REPORTED
 COLUMNS = ["paper", "table", "dataset", "method", "setting", "variant", "metric", "value", "std", "source", "note"]
 PAPERS = ("fade2024", "cheung2024", "tamura2023", "winclip2023")
 DATASETS = ("mvtec", "visa")

@@ -170,22 +170,36 @@ def summarise(metrics: pd.DataFrame, *, level: str = "mean") -> pd.DataFrame:
 
 def format_table(summary: pd.DataFrame, metrics=("auroc", "aupr", "f1_max", "pauroc", "pro", "pf1_max"),
                  digits: int = 3) -> pd.DataFrame:
-    """A wide table of strings, one row per (dataset, method, setting): ``mean ± std`` over few-shot seeds, or for a
-    single run the value with its 95 % bootstrap interval over test images, ``value [low, high]``."""
+    """A wide table of strings, one row per (dataset, method, setting). Two quantities, never in one column:
+
+    - ``<metric>``: ``mean ± std (n=K)`` over K few-shot seeds (std with ddof 0), or ``value (1 run)``;
+    - ``<metric> 95% CI``: for a single run, the 95 % bootstrap interval over its test images ``[low, high]``
+      (``–`` for rows averaged over seeds, whose spread is the std instead).
+    """
     present = [m for m in metrics if m in set(summary.metric)]
     cells = summary[summary.metric.isin(present)].copy()
 
-    def text(row) -> str:
+    def value(row) -> str:
         if row.n_seeds > 1:
-            return f"{row['mean']:.{digits}f} ± {row['std']:.{digits}f}"
-        if pd.notna(row.ci_low):
-            return f"{row['mean']:.{digits}f} [{row.ci_low:.2f}, {row.ci_high:.2f}]"
-        return f"{row['mean']:.{digits}f}"
+            return f"{row['mean']:.{digits}f} ± {row['std']:.{digits}f} (n={row.n_seeds})"
+        return f"{row['mean']:.{digits}f} (1 run)"
 
-    cells["text"] = cells.apply(text, axis=1)
-    wide = cells.pivot_table(index=["dataset", "method", "shots", "setting"], columns="metric", values="text",
-                             aggfunc="first")
-    wide = wide.reindex(columns=present).droplevel("shots")
+    def interval(row) -> str:
+        if row.n_seeds == 1 and pd.notna(row.ci_low):
+            return f"[{row.ci_low:.{digits}f}, {row.ci_high:.{digits}f}]"
+        return "–"
+
+    cells["value_text"] = cells.apply(value, axis=1)
+    cells["ci_text"] = cells.apply(interval, axis=1)
+    index = ["dataset", "method", "shots", "setting"]
+    values = cells.pivot_table(index=index, columns="metric", values="value_text", aggfunc="first")
+    cis = cells.pivot_table(index=index, columns="metric", values="ci_text", aggfunc="first")
+    columns = {}
+    for m in present:
+        columns[m] = values[m]
+        if (cis[m].fillna("–") != "–").any():
+            columns[f"{m} 95% CI"] = cis[m]
+    wide = pd.DataFrame(columns).droplevel("shots")
     wide.columns.name = None
     return wide.fillna("–")
 
@@ -201,6 +215,40 @@ def weights_text(provenances: dict) -> str:
                 "that the pipeline runs end to end; they are not results about CLIP, and they must not be compared "
                 "with the papers' numbers.")
     return "Weights: " + ", ".join(labels)
+
+
+def weights_label(provenances: dict) -> str:
+    """A figure title's note on the weights: "RANDOM WEIGHTS" when any run used random weights, else the models
+    and the first 12 hex digits of their checkpoints' sha256."""
+    weights = [p.get("weights") or {} for p in provenances.values()]
+    if any(w.get("random_weights") for w in weights):
+        return "RANDOM WEIGHTS"
+    return ", ".join(sorted({f"{w.get('model', '?')} {w.get('checkpoint_sha256', '?')[:12]}" for w in weights}))
+
+
+def weights_banner(model: str | None = None, checkpoint=None, *, detector=False, **_ignored) -> str:
+    """The box a chapter opens with, before anything runs: which weights its runs will use (RANDOM, or the
+    checkpoint's file name and sha256), from the chapter's parameters (``**run_arguments(globals())`` fits; other
+    keys are ignored). ``detector``: Cheung et al.'s Grounding DINO folder, ``""``/None for the small RANDOM one,
+    False (default) for a chapter without a detector."""
+    from zsad.backbone import default_checkpoint
+    from zsad.study import _file_sha256
+
+    checkpoint = checkpoint or default_checkpoint()
+    model = model or "ViT-B-16-plus-240"
+    random = not checkpoint or (detector is not False and not detector)
+    if checkpoint:
+        path = Path(checkpoint).expanduser().resolve()
+        st = path.stat()
+        lines = [f"Weights: {model} from `{path.name}`, sha256 "
+                 f"`{_file_sha256(str(path), st.st_size, st.st_mtime_ns)}`."]
+    else:
+        lines = [f"**RANDOM WEIGHTS** ({model}, seeded random init): every number and figure of this chapter tests "
+                 "the pipeline; none is a result about CLIP, and none may be compared with the papers'."]
+    if detector is not False:
+        lines.append(f"Detector: Grounding DINO from `{Path(detector).name}`." if detector else
+                     "Detector: a small seeded **RANDOM** Grounding DINO (no detector folder given).")
+    return "```{" + ("warning" if random else "note") + "}\n" + "\n\n".join(lines) + "\n```"
 
 
 def weights_note(provenances: dict) -> str:
