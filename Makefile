@@ -36,7 +36,8 @@ browser: ## best effort: install Debian's Chromium for the book's browser test (
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
 	  echo "Chromium not installed: the browser check of the book will be skipped"
 
-test: $(STAMP) data browser ## run the whole test suite (unit tests, the book build, nbval on every notebook)
+test: $(STAMP) data browser ## ruff, then the whole test suite (unit tests, the book build, nbval on every notebook)
+	$(PY) -m ruff check zsad tests benchmarks
 	$(PY) -m pytest
 
 notebooks: $(STAMP) data ## write each notebooks/*.md source into its .ipynb and execute that in place (papermill)

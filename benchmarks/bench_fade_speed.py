@@ -82,7 +82,8 @@ def main() -> None:
             end = time.perf_counter()
             per_image = (mid - start) / len(records)
             tflop = sum(flops[s] for s in passes) / 1e12
-            run = {"features_s_per_image": round(per_image, 4), "fade_s_per_image": round((end - mid) / len(records), 4),
+            run = {"features_s_per_image": round(per_image, 4),
+                   "fade_s_per_image": round((end - mid) / len(records), 4),
                    "images_per_s": round(len(records) / (end - start), 3), "tflop_per_image": round(tflop, 4),
                    "achieved_tflops": round(tflop / per_image, 3)}
             if args.peak_tflops:
@@ -91,7 +92,8 @@ def main() -> None:
     print(json.dumps({"device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
                       "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
                       "images": len(records), "batch_size": args.batch_size, "autocast": args.autocast,
-                      "peak_tflops": args.peak_tflops, "tflop_per_pass": {s: round(f / 1e12, 4) for s, f in flops.items()},
+                      "peak_tflops": args.peak_tflops,
+                      "tflop_per_pass": {s: round(f / 1e12, 4) for s, f in flops.items()},
                       "runs": runs,
                       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
                       "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)

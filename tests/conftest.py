@@ -41,6 +41,7 @@ def single_thread():
 def tiny():
     """The tiny random ViT with random LayerNorm affines (so every LN matters), for reference comparisons."""
     from helpers import perturb_norms
+
     from zsad.backbone import load_model
 
     return perturb_norms(load_model("zsad-tiny-vit", seed=0).model, seed=1)

@@ -17,11 +17,11 @@ import torch
 from safetensors import safe_open
 
 import zsad.cache as zc
-from zsad import atomic
 import zsad.cnn as cnn_mod
 import zsad.features as features
 import zsad.text as text_mod
 import zsad.windows as windows_mod
+from zsad import atomic
 from zsad.backbone import load_model
 from zsad.cache import CacheWarning, FeatureCache, encode_prompts_cached, model_identity
 from zsad.cnn import extract_patch_features, load_wide_resnet50

@@ -11,10 +11,24 @@ import pytest
 from PIL import Image
 
 import zsad.methods.cheung_run
-from zsad.detector import (DetectorError, caption, clear_detection_cache, detect, detection_cache_size, load_detector,
-                           small_vocab)
-from zsad.methods.cheung import (CheungConfig, cheung_scores, crop_boxes, eq4_scores, fuse, image_only_output,
-                                 object_crops)
+from zsad.detector import (
+    DetectorError,
+    caption,
+    clear_detection_cache,
+    detect,
+    detection_cache_size,
+    load_detector,
+    small_vocab,
+)
+from zsad.methods.cheung import (
+    CheungConfig,
+    cheung_scores,
+    crop_boxes,
+    eq4_scores,
+    fuse,
+    image_only_output,
+    object_crops,
+)
 
 # ------------------------------------------------------------------------------------------------------- eq. 4
 

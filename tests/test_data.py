@@ -23,7 +23,6 @@ from torchvision import transforms
 from torchvision.transforms.functional import pil_to_tensor
 
 import zsad.data.synth as synth
-from zsad.data.images import LOSSY_MASK_THRESHOLD, ImageWarning
 from zsad.data import (
     CLIP_MEAN,
     CLIP_STD,
@@ -42,6 +41,7 @@ from zsad.data import (
     read_image_size,
     sample_references,
 )
+from zsad.data.images import LOSSY_MASK_THRESHOLD, ImageWarning
 
 # ----------------------------------------------------------------------------------------------- helpers
 

@@ -18,10 +18,10 @@ from PIL import Image
 
 open_clip = pytest.importorskip("open_clip")
 
-from zsad.backbone import load_model  # noqa: E402
-from zsad.gem import encode_tokens, encode_tokens_multi, resize_pos_embed  # noqa: E402
 from open_clip.transformer import VisionTransformer  # noqa: E402
 
+from zsad.backbone import load_model  # noqa: E402
+from zsad.gem import encode_tokens, encode_tokens_multi, resize_pos_embed  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------- fixtures
 
@@ -382,3 +382,18 @@ def test_training_patch_dropout_rejected():
 def test_not_a_vit():
     with pytest.raises(ValueError, match="VisionTransformer"):
         encode_tokens(torch.nn.Linear(3, 3), torch.zeros(1, 3, 32, 32))
+
+
+def test_encoders_accept_what_load_model_returns():
+    import torch
+
+    import zsad
+    from zsad.gem import encode_tokens
+    from zsad.text import encode_prompts
+
+    loaded = zsad.load_model("zsad-tiny-vit")
+    x = torch.randn(1, 3, 32, 32)
+    a, b = encode_tokens(loaded, x), encode_tokens(loaded.model, x)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert torch.equal(encode_prompts(loaded, None, ["a photo"]), encode_prompts(loaded.model, loaded.tokenizer,
+                                                                                   ["a photo"]))

@@ -7,8 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from zsad.notebook import (RUN_NAMES, RUN_PARAMETERS, OutOfSync, cell_inputs, check_parameters, normalise,
-                           read_source, run_arguments, run_parameters_block, sync)
+from zsad.notebook import (
+    RUN_NAMES,
+    RUN_PARAMETERS,
+    OutOfSync,
+    cell_inputs,
+    check_parameters,
+    normalise,
+    read_source,
+    run_arguments,
+    run_parameters_block,
+    sync,
+)
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 

@@ -9,8 +9,14 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from zsad.backbone import CheckpointError, file_sha256
-from zsad.cnn import (IMAGENET_MEAN, _local_patch_features, cnn_feature_maps, extract_patch_features,
-                      imagenet_preprocess, load_wide_resnet50)
+from zsad.cnn import (
+    IMAGENET_MEAN,
+    _local_patch_features,
+    cnn_feature_maps,
+    extract_patch_features,
+    imagenet_preprocess,
+    load_wide_resnet50,
+)
 from zsad.data import load_dataset, load_mask, sample_references
 from zsad.methods.base import MethodOutput
 from zsad.methods.patchcore import PatchCoreConfig, coreset_size, greedy_coreset, nearest_memory, patchcore

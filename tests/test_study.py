@@ -186,8 +186,10 @@ def no_compute(monkeypatch):
     ("winclip", dict(mode="vision"), r"winclip does not use --mode \(mode\)"),
     ("winclip", dict(prompts="llm_generic_seed0"), "winclip does not use --prompts"),
     ("patchcore", dict(sizes="240", model="zsad-tiny-vit"), "patchcore does not use --model, --sizes"),
-    ("patchcore", dict(shots=1, options={"language_stream": "clip"}), "option 'language_stream' is not a setting of patchcore"),
-    ("patchcore", dict(shots=1, options={"coreset_ratio": 2.0}), r"bad patchcore option: coreset_ratio must be in \(0, 1\]"),
+    ("patchcore", dict(shots=1, options={"language_stream": "clip"}),
+     "option 'language_stream' is not a setting of patchcore"),
+    ("patchcore", dict(shots=1, options={"coreset_ratio": 2.0}),
+     r"bad patchcore option: coreset_ratio must be in \(0, 1\]"),
     ("cheung_no_prompt_generation", dict(class_prompts="llm_class_mvtec"), "does not use --class-prompts"),
     ("cheung_no_object_detection", dict(detector="/nowhere"), "does not use --detector"),
     ("cheung_no_prompt_generation", dict(options={"tua": 0.1}), "option 'tua' is not a setting of cheung"),
@@ -214,7 +216,8 @@ def test_provenance_records_what_each_method_applied(synth_root):
     assert params["config"]["coreset_ratio"] == 0.5 and params["config"]["seed"] == 0
     assert not {"mode", "sizes", "prompts", "class_prompts", "detector"} & set(params)
     wc = predict("winclip", "synthetic", synth_root, model="zsad-tiny-vit", **common)
-    assert wc["provenance"]["parameters"]["config"]["temperature"] == 0.07 and "sizes" not in wc["provenance"]["parameters"]
+    wc_params = wc["provenance"]["parameters"]
+    assert wc_params["config"]["temperature"] == 0.07 and "sizes" not in wc_params
     ch = predict("cheung_no_prompt_generation", "synthetic", synth_root, model="zsad-tiny-vit",
                  options={"fusion_weight": 0.25}, **common)
     assert ch["provenance"]["parameters"]["config"]["fusion_weight"] == 0.25

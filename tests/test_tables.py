@@ -16,7 +16,8 @@ def test_finished_matching_runs_are_reused_and_changed_ones_recomputed(synth_roo
     stamps = {p: (p / "provenance.json").stat().st_mtime_ns for p in first["paths"]}
     calls = []
     real = zsad.tables.execute
-    monkeypatch.setattr(zsad.tables, "execute", lambda plan, progress=True: calls.append(plan.out) or real(plan, progress))
+    monkeypatch.setattr(zsad.tables, "execute",
+                        lambda plan, progress=True: calls.append(plan.out) or real(plan, progress))
     again = run_settings("t", settings, roots=str(synth_root), results_dir=tmp_path, **COMMON)
     assert calls == [] and again["metrics"].equals(first["metrics"])
     assert {p: (p / "provenance.json").stat().st_mtime_ns for p in again["paths"]} == stamps

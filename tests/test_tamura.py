@@ -23,14 +23,24 @@ import torch
 pytest.importorskip("open_clip")
 
 from zsad.backbone import load_model  # noqa: E402
-from zsad.methods.tamura import (TamuraConfig, aggregate_map, build_net, build_prompt_set, draw_words,  # noqa: E402
-                                 excluded_words, ffn_probability, insert_words, remove_inserted, score_windows,
-                                 train_ffn, vocabulary_words)
+from zsad.methods.tamura import (  # noqa: E402
+    TamuraConfig,
+    aggregate_map,
+    build_net,
+    build_prompt_set,
+    draw_words,
+    excluded_words,
+    ffn_probability,
+    insert_words,
+    remove_inserted,
+    score_windows,
+    train_ffn,
+    vocabulary_words,
+)
 from zsad.methods.tamura_run import clear_memo, prepare_detector, tamura_class, tamura_config  # noqa: E402
 from zsad.methods.winclip import WinClipConfig, text_scores, winclip  # noqa: E402
 from zsad.prompts import winclip_prompts  # noqa: E402
 from zsad.windows import WindowTokens, window_masks  # noqa: E402
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -289,3 +299,14 @@ def test_through_the_study(synth_root, monkeypatch):
     pred = res["predictions"]
     assert pred["maps"].shape == (6, 448, 448) and ((0 <= pred["scores"]) & (pred["scores"] <= 1)).all()
     assert {"auroc", "pauroc"} <= set(res["metrics"].metric)
+
+
+def test_tamura_reads_the_windows_winclip_cached(synth_root, tmp_path):
+    from zsad.cache import FeatureCache
+    from zsad.study import predict
+
+    args = dict(classes="weave", model="zsad-tiny-vit", n_boot=0, max_images=4, progress=False)
+    predict("winclip", "synthetic", synth_root, cache=FeatureCache(tmp_path), **args)
+    cache = FeatureCache(tmp_path)
+    predict("tamura", "synthetic", synth_root, cache=cache, options={"samples_per_side": 50, "epochs": 1}, **args)
+    assert cache.stats["windows"]["hits"] == 4 and cache.stats["windows"]["stored"] == 0

@@ -3,7 +3,8 @@
 The window embeddings are checked against a slow float64 reference written here: one window at a time, the token
 subset built by hand from conv1 / class embedding / positional embedding, and every block's attention as an
 explicit per-head softmax of explicit matmuls. That reference cannot be fooled by a (L, N, D) vs (N, L, D) layout
-mix-up, which is the version trap of the book's traps page (book/traps.md, section 2); the anomalib-style permute is shown to fail it.
+mix-up, which is the version trap of the book's traps page (book/traps.md, section 2); the anomalib-style permute
+is shown to fail it.
 The scoring formulas are checked on hand-made grids with hand-computed values.
 """
 from __future__ import annotations
@@ -21,10 +22,15 @@ pytest.importorskip("open_clip")
 
 from zsad.backbone import load_model  # noqa: E402
 from zsad.gem import encode_tokens  # noqa: E402
-from zsad.methods.winclip import (WinClipConfig, harmonic_aggregate, harmonic_mean, memory_distance,  # noqa: E402
-                                  text_scores, winclip)
-from zsad.windows import (WindowTokens, encode_all, encode_windows, extract_window_tokens,  # noqa: E402
-                          patch_tokens_unprojected, window_masks)
+from zsad.methods.winclip import WinClipConfig, harmonic_aggregate, harmonic_mean, memory_distance, text_scores, winclip  # noqa: E402
+from zsad.windows import (  # noqa: E402
+    WindowTokens,
+    encode_all,
+    encode_windows,
+    extract_window_tokens,
+    patch_tokens_unprojected,
+    window_masks,
+)
 
 # ---------------------------------------------------------------------------------------------------- fixtures
 

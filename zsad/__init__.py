@@ -28,7 +28,8 @@ _PUBLIC = {
     "write_run": "zsad.results", "read_run": "zsad.results", "read_predictions": "zsad.results",
     "provenance": "zsad.results", "provenance_markdown": "zsad.results",
     # orchestration and figures
-    "dataset_overview": "zsad.study", "load_named": "zsad.study", "load_many": "zsad.study", "example_grid": "zsad.figures",
+    "dataset_overview": "zsad.study", "load_named": "zsad.study", "load_many": "zsad.study",
+    "example_grid": "zsad.figures",
     # tables of the study
     "run_grid": "zsad.tables", "run_settings": "zsad.tables", "run_table": "zsad.tables", "summarise": "zsad.tables",
     "grid_settings": "zsad.tables",
@@ -37,9 +38,11 @@ _PUBLIC = {
     "gem_vs_clip_settings": "zsad.tables", "scale_settings": "zsad.tables", "prompt_settings": "zsad.tables",
     "tamura_settings": "zsad.tables", "cheung_settings": "zsad.tables", "guidance_settings": "zsad.tables",
     "per_class": "zsad.tables", "read_results": "zsad.tables",
-    "paper_shaped": "zsad.paper_tables", "MarkdownTable": "zsad.paper_tables", "fusion_rules": "zsad.paper_tables", "plan_run": "zsad.study",
+    "paper_shaped": "zsad.paper_tables", "MarkdownTable": "zsad.paper_tables", "fusion_rules": "zsad.paper_tables",
+    "plan_run": "zsad.study",
     "check_study": "zsad.preset",
-    "shots_plot": "zsad.figures", "variant_plot": "zsad.figures", "gallery": "zsad.figures", "paper_reported": "zsad.paper",
+    "shots_plot": "zsad.figures", "variant_plot": "zsad.figures", "gallery": "zsad.figures",
+    "paper_reported": "zsad.paper",
     "FeatureCache": "zsad.cache",
     "predict": "zsad.study", "check_parameters": "zsad.notebook", "run_arguments": "zsad.notebook",
     "preset_parameters": "zsad.preset",

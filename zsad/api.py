@@ -4,7 +4,7 @@
 det = zsad.Detector(method="fade", class_name="screw")   # shots=None: every good image given to fit is a reference
 det.fit(["good1.png", "good2.png", "good3.png"])          # references + a leave-one-out threshold
 det.score(["new.png"])                                     # (N,) anomaly scores, higher = more anomalous
-det.anomaly_maps(["new.png"])                              # (N, eval_size, eval_size) maps over the square-resized image
+det.anomaly_maps(["new.png"])                              # (N, eval_size, eval_size) maps, square-resized image
 det.predict(["new.png"])                                   # (N,) 1 = anomalous (score > threshold), 0 = normal
 ```
 
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from zsad import config
-from zsad.data import DatasetError, ImageRecord, IMAGE_EXTENSIONS, load_image, sample_references
+from zsad.data import IMAGE_EXTENSIONS, DatasetError, ImageRecord, load_image, sample_references
 
 __all__ = ["Detector", "DEFAULT_QUANTILE", "image_records", "leave_one_out_threshold", "quantile_threshold"]
 

@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("predict", help="run one method on a dataset and write a run folder")
-    p.add_argument("--method", default="fade", help="fade, winclip, patchcore, tamura, cheung, cheung_no_prompt_generation, cheung_no_object_detection")
+    p.add_argument("--method", default="fade", help="fade, winclip, patchcore, tamura, cheung, "
+                                                    "cheung_no_prompt_generation, cheung_no_object_detection")
     p.add_argument("--dataset", default="synthetic", choices=["synthetic", "mvtec", "visa", "magnetic_tile", "folder"])
     p.add_argument("--root", type=Path, help="dataset root (default: the embedded or configured one)")
     p.add_argument("--classes", help="comma-separated classes (default: all)")

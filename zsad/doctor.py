@@ -1,8 +1,8 @@
 """``zsad doctor``: what this machine has for the study (versions, weights, LLM, datasets, device)."""
 from __future__ import annotations
 
-import importlib.util
 import importlib
+import importlib.util
 import os
 import platform
 from pathlib import Path

@@ -106,7 +106,10 @@ def resize_pos_embed(posemb: torch.Tensor, grid: int | tuple[int, int]) -> torch
 # zsad.windows (WinCLIP window embeddings): keep their signatures.
 
 
-def _visual_of(model: nn.Module) -> nn.Module:
+def _visual_of(model) -> nn.Module:
+    """The vision tower of an open_clip model, of its ``.visual``, or of what :func:`zsad.load_model` returns."""
+    if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module):
+        model = model.model  # a zsad.backbone.LoadedModel
     visual = getattr(model, "visual", model)
     needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post")
     missing = [name for name in needed if not hasattr(visual, name)]

@@ -246,18 +246,18 @@ MAX_WORDS = 25
 MAX_CHARS = 160
 # Words that say something is wrong (exact word forms, lower case).
 DEFECT_WORDS = frozenset("""
-abnormal abnormality abnormalities anomalous anomaly anomalies bad badly bent blemish blemished blemishes blotch blotches
-blotchy blowhole blowholes break breaks broken bruise bruised bulge bulging burn burns burnt burned chip chips
-chipped contaminant contaminants contaminated contamination corroded corrosion crack cracks cracked cracking crease
-creased creases crumpled crushed cut cuts damage damaged damages decayed defect defects defective defectives
-deformed
-deformation deformity dent dents dented deteriorated ding dings dirt dirty discolored discoloured discoloration discolouration
-disfigured distorted dust dusty fault faults faulty flaking flaw flaws flawed fracture fractured fractures fray
-frayed gouge gouged gouges hole holes imperfect imperfection imperfections impurities impurity irregular
-irregularities irregularity leak leaking leaks malformed melted misaligned misplaced missing moldy mouldy nick nicks
-peeling pitted poor puncture punctured rejected residue rip ripped rotten ruined rust rusted rusty scrape scraped scrapes scratch
-scratched scratches scuff scuffed scuffs shattered smudge smudged smudges split splits spoiled spoilt squeezed stain
-stained stains tear tears torn uneven unusable warped worn wrinkle wrinkled wrinkles
+abnormal abnormality abnormalities anomalous anomaly anomalies bad badly bent blemish blemished blemishes blotch
+blotches blotchy blowhole blowholes break breaks broken bruise bruised bulge bulging burn burns burnt burned chip
+chips chipped contaminant contaminants contaminated contamination corroded corrosion crack cracks cracked cracking
+crease creased creases crumpled crushed cut cuts damage damaged damages decayed defect defects defective defectives
+deformed deformation deformity dent dents dented deteriorated ding dings dirt dirty discolored discoloured
+discoloration discolouration disfigured distorted dust dusty fault faults faulty flaking flaw flaws flawed fracture
+fractured fractures fray frayed gouge gouged gouges hole holes imperfect imperfection imperfections impurities
+impurity irregular irregularities irregularity leak leaking leaks malformed melted misaligned misplaced missing
+moldy mouldy nick nicks peeling pitted poor puncture punctured rejected residue rip ripped rotten ruined rust rusted
+rusty scrape scraped scrapes scratch scratched scratches scuff scuffed scuffs shattered smudge smudged smudges split
+splits spoiled spoilt squeezed stain stained stains tear tears torn uneven unusable warped worn wrinkle wrinkled
+wrinkles
 """.split())
 # Words that say nothing is wrong.
 NORMAL_WORDS = frozenset("""

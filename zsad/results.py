@@ -251,7 +251,8 @@ def provenance_markdown(prov: dict) -> str:
         weights_line = (f"**RANDOM WEIGHTS** ({weights['model']}, init seed {weights['init_seed']}): "
                         "these numbers test the pipeline, they are not results about CLIP")
     else:
-        weights_line = f"{weights['model']} from `{Path(weights['checkpoint']).name}`, sha256 `{weights['checkpoint_sha256']}`"
+        weights_line = (f"{weights['model']} from `{Path(weights['checkpoint']).name}`, "
+                        f"sha256 `{weights['checkpoint_sha256']}`")
     pkgs = ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items() if v != "not installed")
     lines = [
         "```{admonition} Provenance",

@@ -349,8 +349,9 @@ def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classe
     unused = [k for k, v in given.items() if v is not None and k not in spec.uses]
     if unused:
         flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-        raise ValueError(f"{method} does not use {flags} ({', '.join(unused)}); leave {'them' if len(unused) > 1 else 'it'} "
-                         f"out: a run records only what its method applied")
+        them = "them" if len(unused) > 1 else "it"
+        raise ValueError(f"{method} does not use {flags} ({', '.join(unused)}); leave {them} out: a run records "
+                         "only what its method applied")
     shots = _int("shots", shots, low=0)
     if spec.shots == "k" and shots < 1:
         raise ValueError(f"{method} is a k-shot baseline: shots must be >= 1, got {shots}")

@@ -405,7 +405,9 @@ def per_class(metrics: pd.DataFrame, metric_names=("auroc", "aupr", "f1_max", "p
 
     def text(v) -> str:
         v = v.to_numpy(dtype=float)
-        return f"{v[0]:.{digits}f}" if v.size == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=0):.{digits}f} (n={v.size})"
+        if v.size == 1:
+            return f"{v[0]:.{digits}f}"
+        return f"{v.mean():.{digits}f} ± {v.std(ddof=0):.{digits}f} (n={v.size})"
 
     cells = g.apply(text).unstack("metric")
     present = [m for m in metric_names if m in cells.columns]

@@ -16,7 +16,14 @@ FADE_WRAPPER = "a photo of a {}."
 @torch.inference_mode()
 def encode_prompts(model, tokenizer, prompts: Sequence[str], *, wrapper: str | None = FADE_WRAPPER,
                    normalise: bool = True, batch_size: int = 128) -> torch.Tensor:
-    """Encode prompts with the CLIP text tower: (P, D) float32, L2-normalised unless ``normalise=False``."""
+    """Encode prompts with the CLIP text tower: (P, D) float32, L2-normalised unless ``normalise=False``.
+
+    ``model`` is an open_clip model or what :func:`zsad.load_model` returns (then ``tokenizer`` may be None: the
+    model's own is used).
+    """
+    if not isinstance(model, torch.nn.Module) and isinstance(getattr(model, "model", None), torch.nn.Module):
+        tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+        model = model.model  # a zsad.backbone.LoadedModel
     if not prompts:
         raise ValueError("no prompts to encode")
     texts = [wrapper.format(p) if wrapper else p for p in prompts]

@@ -30,7 +30,6 @@ image-level only: ``info["image_only"] = True``, maps are (N, 1, 1).
 from __future__ import annotations
 
 import os
-
 from collections.abc import Sequence
 from dataclasses import asdict, fields, replace
 from functools import partial

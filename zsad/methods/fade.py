@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from zsad.features import TokenSet
-from zsad.methods.base import MethodOutput, patch_grid, resize_maps
+from zsad.methods.base import MethodOutput, resize_maps
 
 MODES = ("language", "vision", "both")
 

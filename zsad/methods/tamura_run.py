@@ -28,8 +28,15 @@ from dataclasses import asdict, fields
 import torch
 
 from zsad.methods.base import MethodOutput
-from zsad.methods.tamura import (TamuraConfig, build_prompt_set, excluded_words, ffn_probability, score_windows,
-                                 train_ffn, vocabulary_words)
+from zsad.methods.tamura import (
+    TamuraConfig,
+    build_prompt_set,
+    excluded_words,
+    ffn_probability,
+    score_windows,
+    train_ffn,
+    vocabulary_words,
+)
 
 __all__ = ["tamura_class", "tamura_config", "prepare_detector", "clear_memo"]
 
@@ -106,7 +113,7 @@ def tamura_class(loaded, cls, test, refs, params, progress) -> MethodOutput:
     cfg = params.get("config") or tamura_config(params.get("options"))
     object_name = "object" if cfg.object_word == "object" else class_prompt_name(cls)
     net, info = prepare_detector(loaded, cfg, object_name, params.get("cache"))
-    windows = extract_window_tokens(loaded.model, test, scales=cfg.scales, progress=progress,
+    windows = extract_window_tokens(loaded, test, scales=cfg.scales, progress=progress,
                                     desc=f"{cls} test", cache=params.get("cache"), autocast=params.get("autocast"))
     out = score_windows(windows, lambda e: ffn_probability(net, e, cfg.temperature), cfg)
     out.info.update({**asdict(cfg), "scales": list(cfg.scales), **info, "references_ignored": len(refs or [])})
