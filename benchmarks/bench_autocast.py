@@ -36,7 +36,8 @@ from zsad.data import load_dataset, make_synthetic, sample_references
 from zsad.features import extract_tokens
 from zsad.methods.fade import FadeConfig, fade
 from zsad.metrics import evaluate_class, mean_over_classes
-from zsad.study import _ground_truth, _prompt_sets
+from zsad.runners import _prompt_sets
+from zsad.study import _ground_truth
 from zsad.text import prototypes
 
 EVAL_SIZE = 448

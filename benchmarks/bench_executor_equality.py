@@ -10,7 +10,7 @@ Run by hand (figures go into benchmarks/README.md and the tolerance table of ``z
 Every method of ``zsad.study.METHODS`` (or ``--methods``) runs on a small set (``--max-images`` test images per
 class, 6; the random CLIP ``--model``, default the tiny ``zsad-tiny-vit``, at 240 px; seeded random
 WideResNet-50-2 for PatchCore; zero-shot and, where the method has one, a 1-shot setting, seed 0) in these
-conditions, each writing its own run folders through :func:`zsad.tables.run_settings`:
+conditions, each writing its own run folders through :func:`zsad.grids.run_settings`:
 
 - ``local t=<n> cold``: in-process with ``torch.set_num_threads(n)``, an empty feature cache;
 - ``local t=<n> warm(<m>)``: in-process with n threads, reading the cache that the cold run with m threads filled;
@@ -40,8 +40,8 @@ import torch
 
 from zsad.cache import FeatureCache
 from zsad.data import make_synthetic
+from zsad.grids import run_settings
 from zsad.study import METHODS
-from zsad.tables import run_settings
 
 CLASS_PROMPTS = {"synthetic": None, "magnetic_tile": "llm_class_magnetic_tile"}
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import zsad.methods.cheung_run
+import zsad.runners
 from zsad.detector import (
     DetectorError,
     caption,
@@ -271,7 +271,7 @@ PARAMS = {"max_boxes": 3}
 
 
 def test_pipeline_on_synthetic(tiny_clip, small_detector, weave_test):
-    from zsad.methods.cheung_run import cheung_class
+    from zsad.runners import cheung_class
 
     out = cheung_class(tiny_clip, "weave", weave_test, [], {**PARAMS, "detector": small_detector}, progress=False)
     assert out.scores.shape == (4,) and np.isfinite(out.scores).all()
@@ -287,9 +287,9 @@ def test_pipeline_on_synthetic(tiny_clip, small_detector, weave_test):
 
 
 def test_ablation_runs_the_detector_once_per_image(tiny_clip, weave_test, monkeypatch):
-    from zsad.methods.cheung_run import CHEUNG_METHODS, cheung_ablation, cheung_class
+    from zsad.runners import CHEUNG_METHODS, cheung_ablation, cheung_class
 
-    monkeypatch.setattr(zsad.methods.cheung_run, "read_class_prompts", lambda path, cls: {
+    monkeypatch.setattr(zsad.runners, "read_class_prompts", lambda path, cls: {
         "normal": [f"a flawless {cls} surface", f"a clean {cls}"],
         "abnormal": [f"a scratched {cls} surface", f"a {cls} with a stain", f"a torn {cls}"]}, raising=False)
     clear_detection_cache()
@@ -319,7 +319,7 @@ def test_ablation_runs_the_detector_once_per_image(tiny_clip, weave_test, monkey
 
 
 def test_without_class_prompts_the_winclip_ensemble_is_used():
-    from zsad.methods.cheung_run import class_prompts_for
+    from zsad.runners import class_prompts_for
 
     prompts, source, note = class_prompts_for("metal_nut", None)
     assert source == "winclip" and note is None
@@ -327,7 +327,7 @@ def test_without_class_prompts_the_winclip_ensemble_is_used():
 
 
 def test_class_prompts_from_a_class_prompt_file(tmp_path):
-    from zsad.methods.cheung_run import class_prompts_for
+    from zsad.runners import class_prompts_for
 
     path = tmp_path / "llm_class.json"
     path.write_text(json.dumps({"classes": {"metal_nut": {"normal": {"prompts": ["a flawless metal nut"]},
@@ -342,7 +342,7 @@ def test_class_prompts_from_a_class_prompt_file(tmp_path):
 
 def test_crop_and_text_embeddings_go_through_the_cache(tiny_clip, small_detector, weave_test, tmp_path):
     from zsad.cache import FeatureCache
-    from zsad.methods.cheung_run import cheung_class
+    from zsad.runners import cheung_class
 
     params = {**PARAMS, "detector": small_detector}
     plain = cheung_class(tiny_clip, "weave", weave_test, [], params, progress=False)

@@ -65,7 +65,7 @@ def test_grid_runs_a_table_and_refuses_other_tables_parameters(synth_root, tmp_p
 
 
 def test_grid_runs_every_requested_shot_count_or_refuses():
-    from zsad.tables import grid_settings, skipped_pairs
+    from zsad.grids import grid_settings, skipped_pairs
 
     got = [(s["method"], s["shots"]) for s in grid_settings("fade,winclip,patchcore", "0,3")]
     assert got == [("fade", 0), ("fade", 3), ("winclip", 0), ("winclip", 3), ("patchcore", 3)]
@@ -78,15 +78,15 @@ def test_grid_runs_every_requested_shot_count_or_refuses():
 
 
 def test_grid_checks_every_run_before_the_first_computes(synth_root, tmp_path, monkeypatch, capsys):
-    import zsad.tables
+    import zsad.grids
 
-    monkeypatch.setattr(zsad.tables, "execute", lambda *a, **k: pytest.fail("a run computed before all were checked"))
+    monkeypatch.setattr(zsad.grids, "execute", lambda *a, **k: pytest.fail("a run computed before all were checked"))
     settings = [{"method": "fade", "shots": 0}, {"method": "fade", "shots": 99}]  # the later one is impossible
     with pytest.raises(ValueError, match="99 shots requested but only 8"):
-        zsad.tables.run_settings("t", settings, datasets="synthetic", roots=str(synth_root), seeds="0",
+        zsad.grids.run_settings("t", settings, datasets="synthetic", roots=str(synth_root), seeds="0",
                                  model="zsad-tiny-vit", results_dir=tmp_path)
     with pytest.raises(ValueError, match="sizes applies to none of this table's methods \\(winclip\\)"):
-        zsad.tables.run_settings("t", [{"method": "winclip", "shots": 0}], datasets="synthetic",
+        zsad.grids.run_settings("t", [{"method": "winclip", "shots": 0}], datasets="synthetic",
                                  roots=str(synth_root), sizes="240", results_dir=tmp_path)
     assert main(["grid", "main", "--datasets", "synthetic", "--roots", str(synth_root), "--methods", "patchcore",
                  "--shots", "0", "--results-dir", str(tmp_path)]) == 2

@@ -9,8 +9,8 @@ import torch
 
 from zsad.cache import FeatureCache
 from zsad.distributed import THREAD_TOLERANCE
+from zsad.grids import run_settings
 from zsad.study import METHODS
-from zsad.tables import run_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: 1 thread is faster; tests set 2 where it matters
 
@@ -112,7 +112,7 @@ def test_unknown_executor():
 
 def test_cli_grid_on_ray_equals_in_process(synth_root, tmp_path, local_ray, capsys):
     from zsad.cli import main
-    from zsad.tables import run_grid
+    from zsad.grids import run_grid
 
     args = ["--datasets", "synthetic", "--roots", str(synth_root), "--seeds", "0", "--model", "zsad-tiny-vit",
             "--sizes", "240", "--max-images", "6", "--n-boot", "20", "--methods", "fade,patchcore", "--shots", "0,1",

@@ -202,11 +202,11 @@ def test_papermill_run_with_a_misspelt_parameter_fails_naming_it(tmp_path):
 
 
 def test_scalar_parameters_where_lists_are_meant(synth_root, tmp_path):
-    from zsad.tables import run_table
+    from zsad.grids import run_table
 
     res = run_table("tamura", {"random_words": 0}, datasets="synthetic", roots=synth_root, seeds=0,
                     model="zsad-tiny-vit", max_images=4, n_boot=0, results_dir=tmp_path, progress=False)
     assert len(res["paths"]) == 3
-    from zsad.tables import scale_settings
+    from zsad.grids import scale_settings
 
     assert [s["sizes"] for s in scale_settings(1, 240)] == ["240"]

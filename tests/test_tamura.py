@@ -1,4 +1,4 @@
-"""Known-answer tests of zsad.methods.tamura (Tamura 2023) and its study runner zsad.methods.tamura_run.
+"""Known-answer tests of zsad.methods.tamura (Tamura 2023) and its study runner zsad.runners.
 
 - the random-word generator: seeded, inserts exactly n words from the stated source, and deleting the recorded
   positions gives back the base prompt;
@@ -37,9 +37,9 @@ from zsad.methods.tamura import (  # noqa: E402
     train_ffn,
     vocabulary_words,
 )
-from zsad.methods.tamura_run import clear_memo, prepare_detector, tamura_class, tamura_config  # noqa: E402
 from zsad.methods.winclip import WinClipConfig, text_scores, winclip  # noqa: E402
 from zsad.prompts import winclip_prompts  # noqa: E402
+from zsad.runners import clear_memo, prepare_detector, tamura_class, tamura_config  # noqa: E402
 from zsad.windows import WindowTokens, window_masks  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -266,7 +266,7 @@ class Detector:
 
     # -- parameters, as plan_run builds them
     def _find_class_prompts(self, required: bool):
-        from zsad.methods.cheung_run import class_prompts_for
+        from zsad.runners import class_prompts_for
 
         files = sorted(config.PROMPTS_DIR.glob("llm_class_*.json"))
         try:

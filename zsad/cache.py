@@ -72,11 +72,11 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 #: zsad source files whose code produces each kind of features (their sha256 is part of every key of the kind).
 CODE_FILES = {
     "tokens": ("features.py", "gem.py", "data/images.py"),
-    "windows": ("windows.py", "gem.py", "data/images.py"),
+    "windows": ("windows.py", "methods/tokens.py", "gem.py", "data/images.py"),
     "cnn": ("cnn.py", "data/images.py"),
     "text": ("text.py",),
     "knn": ("features.py", "gem.py", "data/images.py", "methods/fade.py"),  # FADE's patch distances, from tokens
-    "crops": ("methods/cheung_run.py", "data/images.py"),  # Cheung et al.'s object crops through encode_image
+    "crops": ("runners.py", "data/images.py"),  # Cheung et al.'s object crops through encode_image
 }
 _SOFTWARE = ("torch", "torchvision", "open-clip-torch", "pillow")
 

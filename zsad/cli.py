@@ -68,8 +68,9 @@ _GRID_DEFAULTS = {"datasets": "synthetic,magnetic_tile", "seeds": "0,1", "model"
 
 
 def _cmd_grid(args) -> int:
+    from zsad.grids import run_table
     from zsad.preset import PAPER_CLASS_PROMPTS, preset_parameters
-    from zsad.tables import format_table, run_table, summarise, weights_text
+    from zsad.tables import format_table, summarise, weights_text
 
     table_args = {k: v for k, v in (("methods", args.methods), ("shots", args.shots), ("scales", args.scales),
                                      ("prompt_files", args.prompt_files), ("random_words", args.random_words))
@@ -89,7 +90,7 @@ def _cmd_grid(args) -> int:
             run_kwargs[key] = getattr(args, key)
     res = run_table(args.table, table_args, **run_kwargs)
     if args.table == "main":
-        from zsad.tables import skipped_pairs
+        from zsad.grids import skipped_pairs
 
         for text in skipped_pairs(args.methods or "fade,winclip,patchcore", args.shots or "0,1,2,4"):
             print(f"not run: {text}", file=sys.stderr)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,28 +20,12 @@ from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ip
 from zsad.cache import FeatureCache, model_identity, unwrap_model
 from zsad.data import CLIP_MEAN, CLIP_STD, ImageRecord, load_image, preprocess
 from zsad.gem import DEFAULT_GEM_DEPTH, DEFAULT_SS_ATTN_ITER, encode_tokens
+from zsad.methods.tokens import TokenSet
 
 #: How dataset images become pixels for the CLIP tower (part of every cache key of its outputs).
 CLIP_PREPROCESS = "clip_transform: square bicubic resize, ToTensor, Normalize"
 #: ``autocast`` values of :func:`extract_tokens` and the dtype each runs the tower in (None: float32, no autocast).
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class TokenSet:
-    """Normalised tokens of a list of images: ``clip[size]`` and ``gem[size]`` are (N, 1 + g*g, D), CLS first."""
-
-    relpaths: list[str]
-    clip: dict[int, torch.Tensor] = field(default_factory=dict)
-    gem: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    def stream(self, name: str) -> dict[int, torch.Tensor]:
-        if name not in ("clip", "gem"):
-            raise ValueError(f"token stream must be 'clip' or 'gem', got {name!r}")
-        return self.clip if name == "clip" else self.gem
-
-    def __len__(self) -> int:
-        return len(self.relpaths)
 
 
 def token_params(size: int, autocast: str | None = None) -> dict:

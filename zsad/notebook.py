@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 class Parameter(NamedTuple):
     """One run parameter of the study chapters: its name, default, the comment beside it in the ``parameters``
-    cell, and whether an empty value (``""``, ``0``) means ``None`` for :func:`zsad.tables.run_settings`."""
+    cell, and whether an empty value (``""``, ``0``) means ``None`` for :func:`zsad.grids.run_settings`."""
 
     name: str
     default: Any
@@ -74,7 +74,7 @@ def run_parameters_block(defaults: dict | None = None, comments: dict | None = N
 
 
 def run_arguments(namespace: dict, keep=()) -> dict:
-    """The keyword arguments of :func:`zsad.tables.run_settings` (and ``run_grid``) from a chapter's run parameters.
+    """The keyword arguments of :func:`zsad.grids.run_settings` (and ``run_grid``) from a chapter's run parameters.
 
     ``namespace`` is the notebook's ``globals()``. A ``preset`` (:data:`zsad.preset.PRESETS`) replaces the values
     it sets, except those named in ``keep`` (the gallery keeps its one seed); an empty ``checkpoint``,

@@ -14,23 +14,28 @@ import torch
 
 from zsad import config
 from zsad.backbone import DEFAULT_MODEL, default_checkpoint, load_model
-from zsad.cache import FeatureCache, encode_prompts_cached
-from zsad.cnn import default_cnn_checkpoint, extract_patch_features, load_wide_resnet50
-from zsad.data import class_prompt_name, load_dataset, load_mask, sample_references
+from zsad.cache import FeatureCache
+from zsad.cnn import default_cnn_checkpoint, load_wide_resnet50
+from zsad.data import load_dataset, load_mask, sample_references
 from zsad.evaluate import metrics_table
-from zsad.features import TokenSet, check_autocast, extract_tokens, token_params
+from zsad.features import check_autocast
 from zsad.methods.base import resize_maps
 from zsad.methods.cheung import CheungConfig
-from zsad.methods.cheung_run import ABLATION_ROWS, CHEUNG_METHODS, class_prompts_for
-from zsad.methods.fade import FadeConfig, fade, vision_distances
-from zsad.methods.patchcore import PatchCoreConfig, patchcore
+from zsad.methods.fade import FadeConfig
+from zsad.methods.patchcore import PatchCoreConfig
 from zsad.methods.tamura import TamuraConfig
-from zsad.methods.tamura_run import tamura_class
-from zsad.methods.winclip import WinClipConfig, winclip
-from zsad.prompts import read_prompt_file, winclip_prompts
+from zsad.methods.winclip import WinClipConfig
+from zsad.prompts import read_prompt_file
 from zsad.results import check_run_target, is_run_folder, provenance, read_run, write_run
-from zsad.text import prototypes
-from zsad.windows import extract_window_tokens
+from zsad.runners import (
+    ABLATION_ROWS,
+    CHEUNG_METHODS,
+    class_prompts_for,
+    fade_class,
+    patchcore_class,
+    tamura_class,
+    winclip_class,
+)
 
 
 def _names(value) -> list[str]:
@@ -115,74 +120,6 @@ def _ground_truth(records, size: int) -> np.ndarray:
     return np.stack([_mask(r, size) for r in records]) if records else np.zeros((0, size, size), bool)
 
 
-def _prompt_sets(cls: str, prompt_files, winclip_in_segmentation: bool = True) -> tuple[dict, dict]:
-    """FADE's two ensembles: classification with the class name, segmentation with "object" + the prompt files
-    (the WinCLIP part can be left out, to compare ensembles)."""
-    ac = winclip_prompts(class_prompt_name(cls))
-    seg = winclip_prompts("object") if winclip_in_segmentation else {"normal": [], "abnormal": []}
-    for path in prompt_files:
-        extra = read_prompt_file(path)
-        seg = {side: seg[side] + extra[side] for side in seg}
-    return ac, seg
-
-
-def _fade_class(loaded, cls, test, refs, params, progress):
-    cache, autocast, cfg = params.get("cache"), params.get("autocast"), params["config"]
-    sizes = tuple(sorted(set(cfg.sizes) | {240}))
-    tokens = extract_tokens(loaded, test, sizes, progress=progress, desc=f"{cls} test", cache=cache,
-                            autocast=autocast)
-    ref_tokens = extract_tokens(loaded, refs, cfg.sizes, progress=progress, desc=f"{cls} refs",
-                                cache=cache, autocast=autocast) if refs else None
-    ac, seg = _prompt_sets(cls, params["prompts"], params["winclip_in_segmentation"])
-    enc = {name: prototypes(encode_prompts_cached(loaded, p["normal"], cache=cache),
-                            encode_prompts_cached(loaded, p["abnormal"], cache=cache))
-           for name, p in (("ac", ac), ("as", seg))}
-    vision = _cached_vision_distances(loaded, test, refs, tokens, ref_tokens, cfg, cache, autocast)
-    return fade(tokens, cfg, ac_prototypes=enc["ac"], as_prototypes=enc["as"], refs=ref_tokens, vision=vision)
-
-
-def _cached_vision_distances(loaded, test, refs, tokens, ref_tokens, cfg, cache, autocast):
-    """FADE's patch distances per size through the feature cache (kind ``knn``), or None (fade computes them).
-
-    A test image's distances depend on its tokens, the stream, the size and (k-shot) the reference images, not on
-    the prompts, the fusion or the table: every table that scores the image the same way reads them back.
-    """
-    cfg = cfg.resolved()
-    if cache is None or (cfg.ac_mode == "language" and cfg.as_mode == "language"):
-        return None
-    memory = "self, 2nd neighbour" if cfg.shots == 0 else sorted(cache.digest(r) for r in refs)
-    out = {}
-    for size in cfg.sizes:
-        params = {"tokens": token_params(size, autocast), "stream": cfg.vision_stream, "memory": memory}
-
-        def compute(missing, size=size):
-            part, index = TokenSet([tokens.relpaths[i] for i in missing]), torch.tensor(missing)
-            part.clip[size], part.gem[size] = tokens.clip[size][index], tokens.gem[size][index]
-            return {"distance": vision_distances(part, replace(cfg, sizes=(size,)), ref_tokens)[size]}
-
-        out[size] = cache.compute_missing("knn", loaded, params, test, compute, names=("distance",)).stack("distance")
-    return out
-
-
-def _winclip_class(loaded, cls, test, refs, params, progress):
-    cache, autocast = params.get("cache"), params.get("autocast")
-    windows = extract_window_tokens(loaded, test, progress=progress, cache=cache, autocast=autocast)
-    ref_windows = extract_window_tokens(loaded, refs, progress=progress, cache=cache,
-                                        autocast=autocast) if refs else None
-    p = winclip_prompts(class_prompt_name(cls))
-    # WinCLIP averages the raw text embeddings (no FADE wrapper); winclip() normalises the prototypes.
-    proto = prototypes(*(encode_prompts_cached(loaded, p[side], cache=cache, wrapper=None, normalise=False)
-                         for side in ("normal", "abnormal")))
-    return winclip(windows, proto, params["config"], ref_windows=ref_windows)
-
-
-def _patchcore_class(loaded, cls, test, refs, params, progress):
-    cache, autocast = params.get("cache"), params.get("autocast")
-    test_feat, grid = extract_patch_features(loaded, test, progress=progress, cache=cache, autocast=autocast)
-    ref_feat, _ = extract_patch_features(loaded, refs, progress=progress, cache=cache, autocast=autocast)
-    return patchcore(test_feat, ref_feat, grid, params["config"], out_size=params["eval_size"])
-
-
 # ------------------------------------------------------------------------------ methods and their configs
 
 def _config(method: str, cls, fixed: dict, options: dict):
@@ -238,11 +175,11 @@ _CHEUNG_ROWS = {"cheung": ABLATION_ROWS["full"][1],
 
 #: The registered methods (``zsad predict --method``).
 METHODS: dict[str, MethodSpec] = {
-    "fade": MethodSpec(_fade_class, "clip", _fade_config,
+    "fade": MethodSpec(fade_class, "clip", _fade_config,
                        _CLIP | {"mode", "sizes", "prompts", "winclip_in_segmentation"}),
-    "winclip": MethodSpec(_winclip_class, "clip",
+    "winclip": MethodSpec(winclip_class, "clip",
                           lambda p: _config("winclip", WinClipConfig, {"shots": p["shots"]}, p["options"]), _CLIP),
-    "patchcore": MethodSpec(_patchcore_class, "cnn",
+    "patchcore": MethodSpec(patchcore_class, "cnn",
                             lambda p: _config("patchcore", PatchCoreConfig, {"seed": p["seed"]}, p["options"]),
                             frozenset({"cnn_checkpoint"}), shots="k"),
     "tamura": MethodSpec(tamura_class, "clip", lambda p: _config("tamura", TamuraConfig, {}, p["options"]),

@@ -48,7 +48,6 @@ Only cosines between tokens of the same stream are ever taken, so the three are 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -56,62 +55,13 @@ from torch import nn
 from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ipywidgets
 
 from zsad.gem import _check_config, _embed, _head, _plain_block, _qkv, _visual_of
+from zsad.methods.tokens import DEFAULT_SCALES, WindowTokens, window_masks
 
 __all__ = ["PATCH_STREAMS", "WindowTokens", "window_masks", "encode_windows", "encode_all",
            "patch_tokens_unprojected", "extract_window_tokens"]
 
 PATCH_STREAMS = ("ln_post", "raw", "proj")
-DEFAULT_SCALES = (2, 3)
 MAX_SEQUENCES = 4096  # sequences per block pass: bounds activation memory (4096 x 10 tokens x 896 x 4 B = 147 MB)
-
-
-# ------------------------------------------------------------------------------------------------ window masks
-
-
-def _grid_hw(grid) -> tuple[int, int]:
-    if isinstance(grid, (tuple, list)):
-        h, w = (int(g) for g in grid)
-    else:
-        h = w = int(grid)
-    if h < 1 or w < 1:
-        raise ValueError(f"grid must be positive, got {grid!r}")
-    return h, w
-
-
-def _starts(n: int, scale: int, stride: int) -> list[int]:
-    """Top-left offsets along one axis; the last window is added when the stride would leave the edge uncovered."""
-    starts = list(range(0, n - scale + 1, stride))
-    if starts[-1] != n - scale:
-        starts.append(n - scale)
-    return starts
-
-
-def window_masks(grid: int | tuple[int, int] = 15, scales: Sequence[int] = DEFAULT_SCALES, stride: int = 1
-                 ) -> dict[int, torch.Tensor]:
-    """Patch indices of every sliding window: ``{scale: LongTensor (n_windows, scale*scale)}``.
-
-    Patches are numbered row-major on the ``grid`` (``row * width + col``, CLS not counted); windows are ordered
-    row-major by their top-left patch, and the indices inside a window are row-major too. On the 15x15 grid with
-    stride 1 there are 14*14 = 196 windows of 2x2 and 13*13 = 169 of 3x3 (as in anomalib, zqhang and caoyunkang).
-    With a stride > 1 a last row/column of windows flush with the border is added where the stride would
-    otherwise leave the border patches uncovered (anomalib's ``unfold`` would leave them out and give them a 0
-    score), so every patch lies in at least one window of each scale.
-    """
-    h, w = _grid_hw(grid)
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
-    out = {}
-    for scale in scales:
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-            raise ValueError(f"window scales must be ints >= 1, got {scale!r}")
-        if scale > h or scale > w:
-            raise ValueError(f"window scale {scale} does not fit the {h}x{w} patch grid")
-        rows = torch.tensor(_starts(h, scale, stride))
-        cols = torch.tensor(_starts(w, scale, stride))
-        top_left = (rows[:, None] * w + cols[None, :]).reshape(-1)  # (n_windows,)
-        offs = (torch.arange(scale)[:, None] * w + torch.arange(scale)[None, :]).reshape(-1)  # (s*s,)
-        out[int(scale)] = (top_left[:, None] + offs[None, :]).long()
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- the forward
@@ -203,40 +153,6 @@ def encode_all(model: nn.Module, pixels: torch.Tensor, scales: Sequence[int] = D
 
 
 # ------------------------------------------------------------------------------------------- dataset level
-
-
-@dataclass
-class WindowTokens:
-    """L2-normalised WinCLIP features of a list of images (float32, CPU).
-
-    cls : (N, D) image embeddings; windows : ``{scale: (N, n_windows, D)}``; patch : (N, h*w, D') full-scale
-    patch tokens of ``patch_stream``; ``grid`` = (h, w) patch grid; ``stride`` of the windows; ``size`` in px.
-    """
-
-    relpaths: list[str]
-    cls: torch.Tensor
-    windows: dict[int, torch.Tensor]
-    patch: torch.Tensor
-    grid: tuple[int, int]
-    stride: int = 1
-    size: int = 240
-    patch_stream: str = "ln_post"
-    info: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.relpaths)
-
-    def subset(self, index) -> "WindowTokens":
-        """The features of some images (``index``: int, slice or a sequence of positions)."""
-        if isinstance(index, int):
-            index = [index]
-        if isinstance(index, slice):
-            pos = list(range(len(self)))[index]
-        else:
-            pos = [int(i) for i in index]
-        t = torch.as_tensor(pos, dtype=torch.long)
-        return WindowTokens([self.relpaths[i] for i in pos], self.cls[t], {s: w[t] for s, w in self.windows.items()},
-                            self.patch[t], self.grid, self.stride, self.size, self.patch_stream, dict(self.info))
 
 
 @torch.inference_mode()

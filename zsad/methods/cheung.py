@@ -51,7 +51,7 @@ Decisions where the paper is silent (the book's Methods chapter, book/methods.md
 - **Pixel maps.** The method is image-level only (AC): :class:`zsad.methods.base.MethodOutput` maps are (N, 1, 1),
   each the image's score, and ``info["image_only"] = True`` tells the study that pixel metrics are not defined.
 
-Everything here is a pure function of embeddings and boxes (no file I/O, no models); ``zsad.methods.cheung_run``
+Everything here is a pure function of embeddings and boxes (no file I/O, no models); ``zsad.runners``
 runs CLIP and Grounding DINO and calls it.
 """
 from __future__ import annotations

@@ -43,8 +43,8 @@ import cv2
 import numpy as np
 import torch
 
-from zsad.features import TokenSet
 from zsad.methods.base import MethodOutput, resize_maps
+from zsad.methods.tokens import TokenSet
 
 MODES = ("language", "vision", "both")
 

@@ -16,7 +16,7 @@ The pipeline implemented here
    base prompt is taken (the base prompts are cycled in a seeded shuffled order, so each appears equally often, +-1)
    and ``n_random_words`` random words are inserted into it.
 3. **Text embeddings**: every sample is encoded by the CLIP text tower and L2-normalised (by the caller; see
-   :mod:`zsad.methods.tamura_run`); labels normal 0 / anomaly 1.
+   :mod:`zsad.runners`); labels normal 0 / anomaly 1.
 4. **FFN** (:class:`TamuraNet`, :func:`train_ffn`): ``Linear(D, hidden) - ReLU - Linear(hidden, 1)``, BCE on the
    logit, Adam, a fixed number of epochs over seeded mini-batches; the loss per epoch is recorded.
 5. **Scoring** (:func:`score_windows`): anomaly probability ``p(e) = sigmoid(FFN(N(e)) / temperature)`` of an image
@@ -74,9 +74,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from zsad.methods.base import MethodOutput, resize_maps
+from zsad.methods.tokens import WindowTokens, window_masks
 from zsad.methods.winclip import harmonic_aggregate, harmonic_mean
 from zsad.prompts import ABNORMAL_STATES, DEFECT_WORDS, NORMAL_STATES, NORMAL_WORDS, winclip_prompts
-from zsad.windows import WindowTokens, window_masks
 
 __all__ = ["TamuraConfig", "PromptSet", "TamuraNet", "OBJECT_WORDS", "WORD_SOURCES", "INSERT_MODES", "SIDES",
            "excluded_words", "vocabulary_words", "draw_words", "insert_words", "remove_inserted",

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from zsad.methods.base import MethodOutput, resize_maps
-from zsad.windows import WindowTokens, window_masks
+from zsad.methods.tokens import WindowTokens, window_masks
 
 __all__ = ["WinClipConfig", "winclip", "harmonic_aggregate", "harmonic_mean", "text_scores", "memory_distance",
            "FUSIONS"]

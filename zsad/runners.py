@@ -1,4 +1,16 @@
-"""Cheung et al. 2024 on one class: images -> Grounding DINO boxes -> CLIP embeddings -> eq. 4 (the study adapter).
+"""The study's runners: per class, ask the feature cache for what a method scores, load its prompts, call the pure
+method and hand its output back (the signature of every runner: ``run(loaded, cls, test, refs, params, progress)``,
+registered in :data:`zsad.study.METHODS`). The methods themselves (:mod:`zsad.methods`) read no file and run no
+encoder; everything that does lives here or in the feature modules.
+
+FADE, WinCLIP and PatchCore
+---------------------------
+Their feature passes (:func:`zsad.features.extract_tokens`, :func:`zsad.windows.extract_window_tokens`,
+:func:`zsad.cnn.extract_patch_features`), text prototypes and FADE's cached patch distances.
+
+Cheung et al. 2024
+------------------
+Cheung et al. 2024 on one class: images -> Grounding DINO boxes -> CLIP embeddings -> eq. 4 (the study adapter).
 
 The math lives in :mod:`zsad.methods.cheung` (pure functions); this module does what needs files and models:
 
@@ -26,10 +38,35 @@ Parameters read from ``params`` (all optional; the study's other keys are ignore
 
 The method is zero-shot: reference images (``refs``) are not used (their count is recorded). Every output is
 image-level only: ``info["image_only"] = True``, maps are (N, 1, 1).
+
+Tamura 2023
+-----------
+The study's per-class runner for Tamura 2023 (:mod:`zsad.methods.tamura`).
+
+``tamura_class(loaded, cls, test, refs, params, progress)`` has the signature of the runners in
+:data:`zsad.study.METHODS`. Config overrides come from ``params["options"]`` (a dict of :class:`TamuraConfig`
+fields, e.g. ``{"object_word": "class"}``, ``{"n_random_words": 0}``); an unknown field is a ``ValueError``.
+
+Steps: the prompt set (:func:`build_prompt_set`, object word "object" or the class name via
+:func:`zsad.data.class_prompt_name`; vocabulary from ``loaded.tokenizer``), a check that no prompt exceeds the text
+tower's context (open_clip's tokenizer would truncate silently), encoding of the distinct prompts with
+:func:`zsad.text.encode_prompts` (L2-normalised), FFN training, then the test images' WinCLIP features
+(:func:`zsad.windows.extract_window_tokens`, through ``params["cache"]`` when given) scored by
+:func:`zsad.methods.tamura.score_windows`.
+
+The method is zero-shot: reference images (``refs``) are not used; their count is recorded in ``info``.
+
+The trained FFN is reused across the classes of a run when nothing it depends on changes (same model object, same
+config, same object word, which is the case for every class with ``object_word="object"``): it is memoised per
+model object (a weak reference, so nothing outlives the model). Training is deterministic, so reuse gives the same
+numbers as retraining; ``info["training"]["reused"]`` says which happened. A model whose weights are changed in
+place after a run would need :func:`clear_memo`.
 """
 from __future__ import annotations
 
 import os
+import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, fields, replace
 from functools import partial
@@ -40,16 +77,105 @@ import torch.nn.functional as F
 from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ipywidgets
 
 from zsad.cache import encode_prompts_cached
+from zsad.cnn import extract_patch_features
 from zsad.data import ImageRecord, class_prompt_name, load_image, preprocess
 from zsad.detector import LoadedDetector, caption, detect, load_detector
-from zsad.features import CLIP_PREPROCESS, autocast_context, extract_tokens
+from zsad.features import CLIP_PREPROCESS, autocast_context, extract_tokens, token_params
 from zsad.methods.base import MethodOutput
 from zsad.methods.cheung import CheungConfig, cheung_scores, image_only_output, object_crops
-from zsad.prompts import read_class_prompts, winclip_prompts
+from zsad.methods.fade import fade, vision_distances
+from zsad.methods.patchcore import patchcore
+from zsad.methods.tamura import (
+    TamuraConfig,
+    build_prompt_set,
+    excluded_words,
+    ffn_probability,
+    score_windows,
+    train_ffn,
+    vocabulary_words,
+)
+from zsad.methods.tokens import TokenSet
+from zsad.methods.winclip import winclip
+from zsad.prompts import read_class_prompts, read_prompt_file, winclip_prompts
 from zsad.text import prototypes
+from zsad.windows import extract_window_tokens
 
-__all__ = ["cheung_class", "cheung_ablation", "config_from_params", "get_detector", "class_prompts_for",
-           "CHEUNG_METHODS", "ABLATION_ROWS"]
+__all__ = ["fade_class", "winclip_class", "patchcore_class", "cheung_class", "cheung_ablation", "tamura_class",
+           "CHEUNG_METHODS", "ABLATION_ROWS", "class_prompts_for", "config_from_params", "get_detector",
+           "tamura_config", "prepare_detector", "clear_memo"]
+
+
+# ------------------------------------------------------------------------------------- FADE, WinCLIP, PatchCore
+
+def _prompt_sets(cls: str, prompt_files, winclip_in_segmentation: bool = True) -> tuple[dict, dict]:
+    """FADE's two ensembles: classification with the class name, segmentation with "object" + the prompt files
+    (the WinCLIP part can be left out, to compare ensembles)."""
+    ac = winclip_prompts(class_prompt_name(cls))
+    seg = winclip_prompts("object") if winclip_in_segmentation else {"normal": [], "abnormal": []}
+    for path in prompt_files:
+        extra = read_prompt_file(path)
+        seg = {side: seg[side] + extra[side] for side in seg}
+    return ac, seg
+
+
+def fade_class(loaded, cls, test, refs, params, progress):
+    cache, autocast, cfg = params.get("cache"), params.get("autocast"), params["config"]
+    sizes = tuple(sorted(set(cfg.sizes) | {240}))
+    tokens = extract_tokens(loaded, test, sizes, progress=progress, desc=f"{cls} test", cache=cache,
+                            autocast=autocast)
+    ref_tokens = extract_tokens(loaded, refs, cfg.sizes, progress=progress, desc=f"{cls} refs",
+                                cache=cache, autocast=autocast) if refs else None
+    ac, seg = _prompt_sets(cls, params["prompts"], params["winclip_in_segmentation"])
+    enc = {name: prototypes(encode_prompts_cached(loaded, p["normal"], cache=cache),
+                            encode_prompts_cached(loaded, p["abnormal"], cache=cache))
+           for name, p in (("ac", ac), ("as", seg))}
+    vision = _cached_vision_distances(loaded, test, refs, tokens, ref_tokens, cfg, cache, autocast)
+    return fade(tokens, cfg, ac_prototypes=enc["ac"], as_prototypes=enc["as"], refs=ref_tokens, vision=vision)
+
+
+def _cached_vision_distances(loaded, test, refs, tokens, ref_tokens, cfg, cache, autocast):
+    """FADE's patch distances per size through the feature cache (kind ``knn``), or None (fade computes them).
+
+    A test image's distances depend on its tokens, the stream, the size and (k-shot) the reference images, not on
+    the prompts, the fusion or the table: every table that scores the image the same way reads them back.
+    """
+    cfg = cfg.resolved()
+    if cache is None or (cfg.ac_mode == "language" and cfg.as_mode == "language"):
+        return None
+    memory = "self, 2nd neighbour" if cfg.shots == 0 else sorted(cache.digest(r) for r in refs)
+    out = {}
+    for size in cfg.sizes:
+        params = {"tokens": token_params(size, autocast), "stream": cfg.vision_stream, "memory": memory}
+
+        def compute(missing, size=size):
+            part, index = TokenSet([tokens.relpaths[i] for i in missing]), torch.tensor(missing)
+            part.clip[size], part.gem[size] = tokens.clip[size][index], tokens.gem[size][index]
+            return {"distance": vision_distances(part, replace(cfg, sizes=(size,)), ref_tokens)[size]}
+
+        out[size] = cache.compute_missing("knn", loaded, params, test, compute, names=("distance",)).stack("distance")
+    return out
+
+
+def winclip_class(loaded, cls, test, refs, params, progress):
+    cache, autocast = params.get("cache"), params.get("autocast")
+    windows = extract_window_tokens(loaded, test, progress=progress, cache=cache, autocast=autocast)
+    ref_windows = extract_window_tokens(loaded, refs, progress=progress, cache=cache,
+                                        autocast=autocast) if refs else None
+    p = winclip_prompts(class_prompt_name(cls))
+    # WinCLIP averages the raw text embeddings (no FADE wrapper); winclip() normalises the prototypes.
+    proto = prototypes(*(encode_prompts_cached(loaded, p[side], cache=cache, wrapper=None, normalise=False)
+                         for side in ("normal", "abnormal")))
+    return winclip(windows, proto, params["config"], ref_windows=ref_windows)
+
+
+def patchcore_class(loaded, cls, test, refs, params, progress):
+    cache, autocast = params.get("cache"), params.get("autocast")
+    test_feat, grid = extract_patch_features(loaded, test, progress=progress, cache=cache, autocast=autocast)
+    ref_feat, _ = extract_patch_features(loaded, refs, progress=progress, cache=cache, autocast=autocast)
+    return patchcore(test_feat, ref_feat, grid, params["config"], out_size=params["eval_size"])
+
+
+# ------------------------------------------------------------------------------------------ Cheung et al.
 
 #: The rows of the paper's Tables IV/V: key -> (paper label, parameter overrides).
 ABLATION_ROWS = {
@@ -243,3 +369,85 @@ CHEUNG_METHODS = {
     "cheung_no_prompt_generation": partial(_variant, ABLATION_ROWS["no_prompt_generation"][1]),
     "cheung_no_object_detection": partial(_variant, ABLATION_ROWS["no_object_detection"][1]),
 }
+
+
+# ------------------------------------------------------------------------------------------------ Tamura
+
+_MEMO: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def tamura_config(options: dict | None) -> TamuraConfig:
+    """:class:`TamuraConfig` from an options dict; unknown fields and bad values are ``ValueError``s."""
+    options = dict(options or {})
+    known = {f.name for f in fields(TamuraConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"bad Tamura option(s) {unknown}; known: {sorted(known)}")
+    return TamuraConfig(**options).validated()
+
+
+def clear_memo() -> None:
+    """Forget every memoised FFN."""
+    _MEMO.clear()
+
+
+def _context_length(tokenizer) -> int:
+    return int(getattr(tokenizer, "context_length", 77))
+
+
+def _check_lengths(tokenizer, texts) -> int:
+    """The longest prompt in tokens (incl. start/end); raise if one would be truncated."""
+    enc = getattr(tokenizer, "encode", None)
+    if enc is None:
+        return -1
+    longest = max(len(enc(t)) + 2 for t in texts)
+    if longest > _context_length(tokenizer):
+        raise ValueError(f"a generated prompt has {longest} tokens, more than the text context "
+                         f"{_context_length(tokenizer)}: use fewer or shorter random words")
+    return longest
+
+
+def prepare_detector(loaded, cfg: TamuraConfig, object_name: str, cache=None):
+    """Build the prompt set, encode it (through the feature cache when given) and train the FFN: ``(net, info)``
+    (memoised, see the module docstring)."""
+    from zsad.cache import encode_prompts_cached
+
+    key = (cfg, object_name)
+    memo = _MEMO.setdefault(loaded.model, {})
+    if key in memo:
+        net, info = memo[key]
+        return net, {**info, "training": {**info["training"], "reused": True}}
+    t0 = time.perf_counter()
+    vocab = None
+    if cfg.word_source == "vocab" and cfg.n_random_words > 0:
+        vocab = vocabulary_words(loaded.tokenizer, cfg.word_min_len, cfg.word_max_len,
+                                 excluded_words() if cfg.exclude_state_words else ())
+    ps = build_prompt_set(cfg, object_name, vocab)
+    texts, inverse = ps.unique()
+    wrapped = [cfg.wrapper.format(t) for t in texts] if cfg.wrapper else texts
+    longest = _check_lengths(loaded.tokenizer, wrapped)
+    emb = encode_prompts_cached(loaded, texts, cache=cache, wrapper=cfg.wrapper, normalise=True).cpu()
+    t_encode = time.perf_counter() - t0
+    net, history = train_ffn(emb[torch.from_numpy(inverse)], ps.labels, cfg)
+    examples = {side: [ps.texts[i] for i in range(len(ps)) if ps.labels[i] == label][:5]
+                for label, side in enumerate(("normal", "abnormal"))}
+    info = {"prompts": {**ps.info, "n_samples": len(ps), "n_unique": len(texts), "longest_tokens": longest,
+                        "examples": examples, "encode_seconds": t_encode},
+            "training": {**history, "reused": False}}
+    memo[key] = (net, info)
+    return net, info
+
+
+def tamura_class(loaded, cls, test, refs, params, progress) -> MethodOutput:
+    """Tamura 2023 on one class: train on generated text embeddings, score the test images (AC and AS)."""
+    from zsad.data import class_prompt_name
+    from zsad.windows import extract_window_tokens
+
+    cfg = params.get("config") or tamura_config(params.get("options"))
+    object_name = "object" if cfg.object_word == "object" else class_prompt_name(cls)
+    net, info = prepare_detector(loaded, cfg, object_name, params.get("cache"))
+    windows = extract_window_tokens(loaded, test, scales=cfg.scales, progress=progress,
+                                    desc=f"{cls} test", cache=params.get("cache"), autocast=params.get("autocast"))
+    out = score_windows(windows, lambda e: ffn_probability(net, e, cfg.temperature), cfg)
+    out.info.update({**asdict(cfg), "scales": list(cfg.scales), **info, "references_ignored": len(refs or [])})
+    return out
