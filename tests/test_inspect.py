@@ -140,6 +140,11 @@ def test_inspect_end_to_end_writes_scores_overlays_and_a_self_contained_report(w
     assert args.func(args) == 0
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert len(rows) == 1 and "decision" not in rows[0]
+    # a file the user added to the report folder makes it theirs: never replaced
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files it did not write"):
+        args.func(args)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def Path_name(text):

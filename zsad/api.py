@@ -223,10 +223,7 @@ class Detector:
         given = dict(model=model, checkpoint=checkpoint, cnn_checkpoint=cnn_checkpoint, mode=mode, sizes=sizes,
                      prompts=prompts, winclip_in_segmentation=winclip_in_segmentation, class_prompts=class_prompts,
                      detector=detector)
-        unused = [k for k, v in given.items() if v is not None and k not in self.spec.uses]
-        if unused:
-            raise ValueError(f"{method} does not use {', '.join(unused)}; leave {'them' if len(unused) > 1 else 'it'} "
-                             "out")
+        study.check_method_arguments(method, given)
         self._given = {k: given[k] for k in _PARAM_ARGUMENTS}
         if "class_prompts" in self.spec.uses and class_prompts is None:
             self._given["class_prompts"] = self._find_class_prompts(required=method == "cheung")
@@ -237,16 +234,9 @@ class Detector:
 
         check_autocast(autocast, torch.device(self.device))
         self.autocast = autocast
-        if self.spec.family == "cnn":
-            from zsad.cnn import default_cnn_checkpoint
-
-            self.model_name, weights = "", cnn_checkpoint or default_cnn_checkpoint()
-        else:
-            from zsad.backbone import DEFAULT_MODEL, default_checkpoint
-
-            self.model_name, weights = model or DEFAULT_MODEL, checkpoint or default_checkpoint()
-        if weights and not Path(weights).expanduser().is_file():
-            raise ValueError(f"{Path(weights).expanduser()}: checkpoint file not found")
+        model_name, weights = study.method_weights(method, model=model, checkpoint=checkpoint,
+                                                   cnn_checkpoint=cnn_checkpoint)
+        self.model_name = model_name or ""
         self.weights = str(Path(weights).expanduser()) if weights else None
         from zsad.cache import FeatureCache
 
@@ -281,39 +271,12 @@ class Detector:
                          "cheung_no_prompt_generation (WinCLIP's prompts)")
 
     def _params(self, shots: int) -> dict:
-        """The runner parameters of :func:`zsad.study.plan_run` for ``shots`` memory images (same keys, same
-        resolution of defaults and the same config builder)."""
+        """The runner parameters :func:`zsad.study.plan_run` would build for ``shots`` memory images (the same
+        :func:`zsad.study.method_parameters`)."""
         from zsad import study
-        from zsad.prompts import read_prompt_file
 
-        g = self._given
-        p = {"method": self.method, "dataset": "inspect", "shots": shots, "seed": self.seed,
-             "eval_size": self.eval_size, "options": dict(self.options)}
-        if self.method == "fade":
-            mode = study._FADE_DEFAULTS["mode"] if g["mode"] is None else g["mode"]
-            if mode not in study.MODES:
-                raise ValueError(f"mode must be one of {', '.join(study.MODES)}, got {mode!r}")
-            p["mode"] = mode
-            p["sizes"] = study.parse_sizes(study._FADE_DEFAULTS["sizes"] if g["sizes"] is None else g["sizes"])
-            names = [study.FADE_PROMPTS] if g["prompts"] is None else study._names(g["prompts"])
-            names = [] if names == ["none"] else names
-            p["prompts"] = tuple(config.prompt_path(x) for x in names)
-            for path in p["prompts"]:
-                read_prompt_file(path)
-            wis = g["winclip_in_segmentation"]
-            p["winclip_in_segmentation"] = True if wis is None else bool(wis)
-            if not p["prompts"] and not p["winclip_in_segmentation"]:
-                raise ValueError("the segmentation ensemble is empty: give prompt files or keep the WinCLIP prompts")
-        if "class_prompts" in self.spec.uses:
-            cp = g["class_prompts"]
-            p["class_prompts"] = (tuple(cp) if isinstance(cp, tuple) else
-                                  tuple(config.prompt_path(x) for x in study._names(cp))) or None
-        if "detector" in self.spec.uses:
-            if g["detector"] and not Path(g["detector"]).expanduser().is_dir():
-                raise ValueError(f"detector {g['detector']}: not a folder (a Grounding DINO model in Hugging Face "
-                                 "format)")
-            p["detector"] = g["detector"] or None
-        cfg = self.spec.config(p)
+        p, cfg = study.method_parameters(self.method, dataset="inspect", shots=shots, seed=self.seed,
+                                         eval_size=self.eval_size, options=self.options, **self._given)
         if self.spec.family == "clip":
             p["model"] = self.model_name
         return {**p, "config": cfg, "autocast": self.autocast, "cache": self.cache, "device": self.device}
@@ -323,17 +286,9 @@ class Detector:
         from zsad import study
 
         p = self._params(len(self.memory_))
-        out = {k: v for k, v in p.items() if k not in ("config", "cache", "prompts", "class_prompts", "detector",
-                                                       "sizes", "dataset")}
+        out = study.applied_parameters({k: v for k, v in p.items() if k not in ("config", "cache")}, p["config"])
+        out.pop("dataset")
         out["class_name"] = self.class_name
-        out["config"] = study._config_record(p["config"])
-        for key in ("prompts", "class_prompts"):
-            if key in p:
-                out[key] = [config.display_path(x) for x in p[key] or ()]
-        if "sizes" in p:
-            out["sizes"] = list(p["sizes"])
-        if "detector" in p:
-            out["detector"] = config.display_path(p["detector"]) if p["detector"] else None
         out["threshold"] = self.threshold_
         out["threshold_rule"] = self.threshold_note_
         return out

@@ -23,7 +23,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-TMP_MARK = ".tmp-"
+TMP_MARK = ".tmp-"  # in every temporary name; matches the `*.tmp-*` line of .gitignore
 _MARKER = ".zsad-partial"  # written first into every temporary folder: proof that zsad made it
 _STALE = re.compile(r"^\..+\.(?:tmp|old)-(\d+)-")
 
@@ -43,7 +43,7 @@ def folder_mode() -> int:
 
 
 def _tmp_prefix(path: Path, kind: str = "tmp") -> str:
-    return f".{path.name}.{kind}-{os.getpid()}-"
+    return f".{path.name}.{kind}-{os.getpid()}-"  # kind "tmp": contains TMP_MARK
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

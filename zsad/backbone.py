@@ -9,6 +9,7 @@ tests and the default CPU job run the real code paths in seconds.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -66,12 +67,18 @@ class LoadedModel(WeightsInfo):
     seed: int  # seed of the random init (also used when a checkpoint is loaded, for any unset tensor)
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, computed once per process per (path, size, modification time): a checkpoint is
+    hashed at load, for a run's fingerprint and for a chapter's weights banner."""
+    path = Path(path).expanduser().resolve()
+    st = path.stat()
+    return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def list_models() -> list[str]:

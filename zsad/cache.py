@@ -67,7 +67,7 @@ FORMAT_VERSION = 2  # 2: text entries hold one prompt each
 KINDS = ("tokens", "windows", "cnn", "text", "knn", "crops")
 CACHE_ENV = "ZSAD_CACHE"
 SUFFIX = ".safetensors"
-TMP_MARK = ".tmp-"  # matches the `*.tmp-*` line of .gitignore
+TMP_MARK = atomic.TMP_MARK  # the temporary files atomic.write_bytes leaves if a writer dies
 _PACKAGE_DIR = Path(__file__).resolve().parent
 #: zsad source files whose code produces each kind of features (their sha256 is part of every key of the kind).
 CODE_FILES = {

@@ -68,7 +68,7 @@ _GRID_DEFAULTS = {"datasets": "synthetic,magnetic_tile", "seeds": "0,1", "model"
 
 
 def _cmd_grid(args) -> int:
-    from zsad.grids import run_table
+    from zsad.grids import run_table, skipped_pairs, table_parameters
     from zsad.preset import PAPER_CLASS_PROMPTS, preset_parameters
     from zsad.tables import format_table, summarise, weights_text
 
@@ -90,9 +90,8 @@ def _cmd_grid(args) -> int:
             run_kwargs[key] = getattr(args, key)
     res = run_table(args.table, table_args, **run_kwargs)
     if args.table == "main":
-        from zsad.grids import skipped_pairs
-
-        for text in skipped_pairs(args.methods or "fade,winclip,patchcore", args.shots or "0,1,2,4"):
+        defaults = table_parameters("main")  # grid_settings' own defaults
+        for text in skipped_pairs(args.methods or defaults["methods"], args.shots or defaults["shots"]):
             print(f"not run: {text}", file=sys.stderr)
     with_metrics = ("auroc", "aupr", "f1_max", "pauroc", "pro", "pf1_max")
     print(format_table(summarise(res["metrics"]), metrics=with_metrics).to_string())

@@ -16,6 +16,7 @@ from zsad.study import METHODS, SPECIFIC_ARGUMENTS, _names, execute, plan_run, r
 #: FADE's Tab. 7 compares LLM ensembles; ours are five seeds of one generator (prompts/README.md).
 DEFAULT_PROMPT_FILES = ",".join(f"llm_generic_seed{i}" for i in range(5))
 
+
 def _ints(value) -> list[int]:
     """Integers from ``"0,1"``, a scalar or a sequence; anything else is an error naming the value."""
     try:
@@ -23,9 +24,11 @@ def _ints(value) -> list[int]:
     except (TypeError, ValueError):
         raise ValueError(f"expected comma-separated integers, got {value!r}") from None
 
+
 def run_id(dataset: str, method: str, shots: int, seed: int, variant: str = "") -> str:
     slug = "".join(c if c.isalnum() else "-" for c in variant.lower()).strip("-")
     return f"{dataset}/{method}_{shots}shot{'_' + slug if slug else ''}_seed{seed}"
+
 
 def _job_kwargs(setting: dict, predict_kwargs: dict) -> dict:
     """A job's ``predict`` arguments: the setting's own (strict: the method must use them) over the table-wide ones,
@@ -35,6 +38,7 @@ def _job_kwargs(setting: dict, predict_kwargs: dict) -> dict:
     shared = {k: v for k, v in predict_kwargs.items()
               if v is not None and (k not in SPECIFIC_ARGUMENTS or k in uses)}
     return {**shared, **setting}
+
 
 def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", roots="", seeds="0,1",
                  results_dir=None, executor: str = "local", progress: bool = True, resume: bool = True,
@@ -108,10 +112,12 @@ def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", ro
             "provenance": {rid: r["provenance"] for rid, r in zip(jobs, results)},
             "paths": [r["path"] for r in results]}
 
+
 def supports_shots(method: str, k: int) -> bool:
     """Whether a registered method has a ``k``-shot setting."""
     kind = METHODS[method].shots
     return k >= 1 if kind == "k" else (k == 0 if kind == "zero" else k >= 0)
+
 
 def grid_settings(methods="fade,winclip,patchcore", shots="0,1,2,4") -> list[dict]:
     """Methods x shot counts (FADE's Tab. 1/2). A (method, k) pair the method does not have (PatchCore has no
@@ -131,17 +137,21 @@ def grid_settings(methods="fade,winclip,patchcore", shots="0,1,2,4") -> list[dic
                              + "; ".join(f"{m}: {_shot_text(m)}" for m in method_list))
     return [{"method": m, "shots": k} for m in method_list for k in shot_list if supports_shots(m, k)]
 
+
 def skipped_pairs(methods, shots) -> list[str]:
     """The (method, k) pairs :func:`grid_settings` leaves out, in words (printed under the table)."""
     return [f"{m} {k}-shot ({m}: {_shot_text(m)})" for m in _names(methods) for k in _ints(shots)
             if m in METHODS and not supports_shots(m, k)]
 
+
 def _shot_text(method: str) -> str:
     return {"k": "k-shot only, shots >= 1", "zero": "zero-shot only", "any": "any shots >= 0"}[METHODS[method].shots]
+
 
 def run_grid(study: str, *, methods="fade,winclip,patchcore", shots="0,1,2,4", **kwargs) -> dict:
     """:func:`run_settings` over :func:`grid_settings`."""
     return run_settings(study, grid_settings(methods, shots), **kwargs)
+
 
 def gem_vs_clip_settings(shots: int = 1) -> list[dict]:
     """FADE's Tab. 3 (language-guided zero-shot AS with CLIP vs GEM patches) and the full grid its conclusion asks
@@ -156,6 +166,7 @@ def gem_vs_clip_settings(shots: int = 1) -> list[dict]:
                     "options": {"vision_stream": stream}})
     return out
 
+
 def scale_settings(shots="0,1,2,4", scales="240;448;896;240,448,896") -> list[dict]:
     """FADE's Tab. 8/9: single scales and their combination, for every shot count (official fusion)."""
     out = []
@@ -163,6 +174,7 @@ def scale_settings(shots="0,1,2,4", scales="240;448;896;240,448,896") -> list[di
         label = "multi-scale" if "," in sizes else f"{sizes} px"
         out += [{"method": "fade", "shots": k, "sizes": sizes, "variant": label} for k in _ints(shots)]
     return out
+
 
 def prompt_settings(prompt_files) -> list[dict]:
     """FADE's Tab. 7: the segmentation ensemble as WinCLIP prompts only, LLM prompts only, and their union
@@ -176,6 +188,7 @@ def prompt_settings(prompt_files) -> list[dict]:
         out.append({**base, "variant": f"winclip + {name}", "prompts": [path]})
     return out
 
+
 def tamura_settings(random_words="0,3") -> list[dict]:
     """Tamura 2023's comparison: WinCLIP zero-shot against the random-word FFN on the same backbone, with the
     category-agnostic word "object" or the class name, and with 0 or several random words."""
@@ -187,6 +200,7 @@ def tamura_settings(random_words="0,3") -> list[dict]:
                 "options": {"n_random_words": _ints(random_words)[-1], "object_word": "class"}})
     return out
 
+
 def cheung_settings(baselines: bool = True) -> list[dict]:
     """Cheung et al.'s Tables II-V: the full method and its two ablation rows (zero-shot, image level), and the
     baselines of Tables II/III that zsad has (WinCLIP 0-shot, PatchCore 1-shot; SPADE and PaDiM it has not)."""
@@ -194,6 +208,7 @@ def cheung_settings(baselines: bool = True) -> list[dict]:
     if baselines:
         rows += [{"method": "winclip", "shots": 0}, {"method": "patchcore", "shots": 1}]
     return rows
+
 
 def guidance_settings(shots="0,1,4") -> list[dict]:
     """FADE's Tab. 5 (AC) and 6 (AS): language guidance only, vision guidance only, and both (the official fusion),
@@ -204,6 +219,7 @@ def guidance_settings(shots="0,1,4") -> list[dict]:
                 {"method": "fade", "shots": k, "mode": "vision", "variant": "vision only"},
                 {"method": "fade", "shots": k}]
     return out
+
 
 #: The study's tables by name: (run folder under results/, the same as the table's notebook; settings function).
 #: The settings function's keyword arguments are the table's own parameters (``zsad grid <name> --shots ...``).
@@ -217,11 +233,13 @@ TABLES = {
     "guidance": ("t09_guidance", guidance_settings),
 }
 
+
 def table_parameters(name: str) -> dict:
     """A table's own parameters and their defaults (the keyword arguments of its settings function)."""
     if name not in TABLES:
         raise ValueError(f"unknown table {name!r}; choose one of {', '.join(TABLES)}")
     return {p.name: p.default for p in inspect.signature(TABLES[name][1]).parameters.values()}
+
 
 def run_table(name: str, table_args: dict | None = None, **kwargs) -> dict:
     """Run one of the study's :data:`TABLES` with :func:`run_settings`; ``table_args`` are its own parameters
@@ -233,6 +251,7 @@ def run_table(name: str, table_args: dict | None = None, **kwargs) -> dict:
                          f"{', '.join(allowed) or 'none'}")
     study, settings = TABLES[name]
     return run_settings(study, settings(**(table_args or {})), **kwargs)
+
 
 def read_results(results_dir=None, studies=None) -> pd.DataFrame:
     """Every finished run's metrics under ``results_dir`` (default ``results/``), with a ``study`` column (the

@@ -151,14 +151,30 @@ def report_html(rows: list[dict], prov: dict, *, threshold, threshold_rule: str,
 
 # ------------------------------------------------------------------------------------------------ inspect
 
+_REPORT_FILES = {"scores.csv", "report.html", "provenance.json", _MARK}
+
+
+def _is_report_folder(out: Path) -> bool:
+    """Our marker, and nothing but what :func:`inspect` writes (so replacing it loses nothing of the user's)."""
+    if not (out / _MARK).is_file():
+        return False
+    for entry in out.iterdir():
+        if entry.name == OVERLAY_DIR and entry.is_dir() and not entry.is_symlink():
+            if any(not f.is_file() or f.suffix != ".png" for f in entry.iterdir()):
+                return False
+        elif entry.name not in _REPORT_FILES or not entry.is_file():
+            return False
+    return True
+
+
 def _check_out(out: Path, overwrite: bool) -> Path:
     out = Path(out).expanduser()
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ValueError(f"--out {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / _MARK).is_file():
-            raise ValueError(f"--out {out}: exists and was not written by zsad inspect; refusing to replace it, "
-                             "choose another --out")
+        if not _is_report_folder(out):
+            raise ValueError(f"--out {out}: exists and was not written by zsad inspect (or holds files it did not "
+                             "write); refusing to replace it, --overwrite or not; choose another --out")
         if not overwrite:
             raise ValueError(f"--out {out}: an inspect report exists there; pass --overwrite to replace it")
     return out

@@ -156,6 +156,16 @@ def _cell_id(cell, used: set) -> str:
     return cid
 
 
+def _write_notebook(nb, path) -> None:
+    """``nbformat.write``'s bytes, written atomically (a tracked notebook is never left half-written)."""
+    import nbformat
+
+    from zsad import atomic
+
+    text = nbformat.writes(nb)
+    atomic.write_text(path, text if text.endswith("\n") else text + "\n")
+
+
 def sync(source, target=None) -> Path:
     """Write the cells of ``source`` (a ``.md`` chapter) into its paired ``.ipynb``, like ``jupytext --update``.
 
@@ -191,7 +201,7 @@ def sync(source, target=None) -> Path:
         cell.id = prev.id if prev is not None and prev.get("id") and prev.id not in used else _cell_id(cell, used)
         used.add(cell.id)
     nbformat.validate(nb)
-    nbformat.write(nb, target)
+    _write_notebook(nb, target)
     return target
 
 
@@ -215,7 +225,7 @@ def normalise(path) -> Path:
         cell.metadata.pop("papermill", None)
         if cell.metadata.get("tags") == []:
             del cell.metadata["tags"]
-    nbformat.write(nb, path)
+    _write_notebook(nb, path)
     return path
 
 

@@ -8,9 +8,10 @@ in the text we have; five seeds are our choice.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from zsad.config import DATASET_ENV, dataset_root
 
 PRESETS = {
     "default": {"model": "zsad-tiny-vit", "max_images": 12, "seeds": "0,1", "n_boot": 100},
@@ -67,6 +68,21 @@ class StudyCheck:
         return "\n".join(lines)
 
 
+def study_files(checkpoint=None, mvtec_root=None, visa_root=None, cnn_checkpoint=None, detector=None) -> dict:
+    """The files of a paper-scale study as paths (None where there is none): the arguments, else the defaults
+    every command uses (``$ZSAD_CHECKPOINT``, ``$ZSAD_MVTEC_ROOT``, ``$ZSAD_VISA_ROOT``, ``$ZSAD_CNN_CHECKPOINT``)."""
+    from zsad.backbone import default_checkpoint
+    from zsad.cnn import default_cnn_checkpoint
+
+    def path(value):
+        return Path(value).expanduser() if value else None
+
+    return {"checkpoint": path(checkpoint or default_checkpoint()),
+            "mvtec_root": path(mvtec_root) or dataset_root("mvtec"),
+            "visa_root": path(visa_root) or dataset_root("visa"),
+            "cnn_checkpoint": path(cnn_checkpoint or default_cnn_checkpoint()), "detector": path(detector)}
+
+
 def check_study(checkpoint=None, mvtec_root=None, visa_root=None, cnn_checkpoint=None, detector=None) -> StudyCheck:
     """Check every file and dataset a paper-scale study needs, without loading a model (seconds).
 
@@ -77,46 +93,43 @@ def check_study(checkpoint=None, mvtec_root=None, visa_root=None, cnn_checkpoint
     from zsad.data import load_dataset
 
     out = StudyCheck()
-    checkpoint = checkpoint or os.environ.get("ZSAD_CHECKPOINT", "")
+    files = study_files(checkpoint, mvtec_root, visa_root, cnn_checkpoint, detector)
+    checkpoint, cnn_checkpoint, detector = files["checkpoint"], files["cnn_checkpoint"], files["detector"]
     if not checkpoint:
         out.missing.append(f"the CLIP checkpoint: set CHECKPOINT=... (make) / --checkpoint / $ZSAD_CHECKPOINT to "
                            f"the open_clip file FADE uses, {CHECKPOINT_NAME}")
-    elif not Path(checkpoint).expanduser().is_file():
+    elif not checkpoint.is_file():
         out.missing.append(f"the CLIP checkpoint {checkpoint}: file not found")
-    for name, root, env in (("mvtec", mvtec_root, "ZSAD_MVTEC_ROOT"), ("visa", visa_root, "ZSAD_VISA_ROOT")):
-        root = root or os.environ.get(env, "")
+    for name in ("mvtec", "visa"):
+        root = files[f"{name}_root"]
         if not root:
-            out.missing.append(f"the {name} root: set {name.upper()}_ROOT=... (make) / ${env}")
+            out.missing.append(f"the {name} root: set {name.upper()}_ROOT=... (make) / ${DATASET_ENV[name]}")
             continue
         try:
-            records = load_dataset(name, Path(root).expanduser())
+            records = load_dataset(name, root)
         except (ValueError, OSError) as exc:
             out.missing.append(f"the {name} root {root}: {exc}")
             continue
         classes = {r.cls for r in records}
         out.counts[name] = (len(classes), sum(r.split == "test" for r in records),
                             sum(r.split == "train" for r in records))
-    cnn_checkpoint = cnn_checkpoint or os.environ.get("ZSAD_CNN_CHECKPOINT", "")
     if not cnn_checkpoint:
         out.random.append("PatchCore rows (no WideResNet-50 file: CNN_CHECKPOINT=... / $ZSAD_CNN_CHECKPOINT)")
-    elif not Path(cnn_checkpoint).expanduser().is_file():
+    elif not cnn_checkpoint.is_file():
         out.missing.append(f"the WideResNet-50 file {cnn_checkpoint}: file not found")
     if not detector:
         out.random.append("Cheung et al.'s detector (no Grounding DINO folder: DETECTOR=...)")
-    elif not Path(detector).expanduser().is_dir():
+    elif not detector.is_dir():
         out.missing.append(f"the Grounding DINO folder {detector}: not a folder")
     return out
 
 
-#: What a chapter receives under the paper preset, beyond ``preset``, when it has the parameter.
-def _chapter_values(check_args: dict, results_dir: str) -> dict:
-    roots = ",".join(str(Path(check_args[k] or os.environ.get(env, "")).expanduser())
-                     for k, env in (("mvtec_root", "ZSAD_MVTEC_ROOT"), ("visa_root", "ZSAD_VISA_ROOT")))
-    values = {"preset": "paper", "datasets": "mvtec,visa", "roots": roots, "results_dir": results_dir,
-              "class_prompts": PAPER_CLASS_PROMPTS,
-              "checkpoint": str(Path(check_args["checkpoint"] or os.environ["ZSAD_CHECKPOINT"]).expanduser())}
-    if check_args.get("detector"):
-        values["detector"] = str(Path(check_args["detector"]).expanduser())
+def _chapter_values(files: dict, results_dir: str) -> dict:
+    """What a chapter receives under the paper preset (each value when the chapter has that parameter)."""
+    values = {"preset": "paper", "datasets": "mvtec,visa", "roots": f"{files['mvtec_root']},{files['visa_root']}",
+              "results_dir": results_dir, "class_prompts": PAPER_CLASS_PROMPTS, "checkpoint": str(files["checkpoint"])}
+    if files["detector"]:
+        values["detector"] = str(files["detector"])
     return values
 
 
@@ -147,7 +160,7 @@ def run_study(out_dir="_study", results_dir="results/paper", executor: str = "lo
         shutil.copytree(PROJECT_ROOT / folder, out / folder, dirs_exist_ok=True)
     (out / "benchmarks").mkdir(exist_ok=True)
     shutil.copy2(PROJECT_ROOT / "benchmarks" / "README.md", out / "benchmarks" / "README.md")
-    values = {**_chapter_values(check_args, str(Path(results_dir).resolve())), "executor": executor}
+    values = {**_chapter_values(study_files(**check_args), str(Path(results_dir).resolve())), "executor": executor}
     for nb in sorted((PROJECT_ROOT / "notebooks").glob("t*.ipynb")):
         known = papermill.inspect_notebook(str(nb))
         params = {k: v for k, v in values.items() if k in known}

@@ -53,12 +53,12 @@ def git_commit(path: str | os.PathLike | None = None) -> str:
     differs from it, or ``"unknown"`` outside a git checkout."""
     cwd = Path(path) if path else Path(__file__).resolve().parent
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True,
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              check=True, timeout=10).stdout.strip()
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True,
-                             check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *DIRTY_PATHS],
-                               cwd=top, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        # ":(top)" makes the paths relative to the repository's root, wherever cwd is inside it
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                *(f":(top){p}" for p in DIRTY_PATHS)],
+                               cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return sha + ("+dirty" if dirty else "")

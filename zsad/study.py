@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from zsad import config
-from zsad.backbone import DEFAULT_MODEL, default_checkpoint, load_model
+from zsad.backbone import DEFAULT_MODEL, default_checkpoint, file_sha256, load_model
 from zsad.cache import FeatureCache
 from zsad.cnn import default_cnn_checkpoint, load_wide_resnet50
 from zsad.data import load_dataset, load_mask, sample_references
@@ -147,11 +147,8 @@ def _fade_config(p: dict) -> FadeConfig:
 
 
 def _cheung_config(row: dict):
-    def build(p: dict):
-        cfg = _config("cheung", CheungConfig, {k: v for k, v in row.items() if k != "class_prompts"},
-                      p["options"])
-        return cfg
-    return build
+    fixed = {k: v for k, v in row.items() if k != "class_prompts"}  # the ablation row's config overrides
+    return lambda p: _config("cheung", CheungConfig, fixed, p["options"])
 
 
 @dataclass(frozen=True)
@@ -251,60 +248,26 @@ def parse_sizes(sizes) -> tuple[int, ...]:
     return out
 
 
-@dataclass
-class RunPlan:
-    """A run checked and resolved before any image is encoded (:func:`plan_run`); :func:`execute` computes it."""
-
-    method: str
-    spec: MethodSpec
-    params: dict  # what the runner reads
-    applied: dict  # what provenance records: every parameter the method applied, resolved
-    tests: dict  # class -> test records (after max_images)
-    references: dict  # class -> reference records
-    weights: str | None
-    out: Path | None
-    overwrite: bool
-    cache: object
-
-
-def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classes=None, *,
-             model: str | None = None, checkpoint=None, cnn_checkpoint=None, shots: int = 0, seed: int = 0,
-             mode: str | None = None, sizes=None, prompts=None, winclip_in_segmentation: bool | None = None,
-             options=None, variant: str = "", class_prompts=None, detector=None, max_images: int | None = None,
-             eval_size: int = 448, n_boot: int = 200, cache=True, autocast: str | None = None,
-             device: str | None = None, out=None, overwrite: bool = False, progress: bool = True) -> RunPlan:
-    """Check and resolve every argument of :func:`predict` without encoding an image or loading a model.
-
-    Parameters and errors as :func:`predict`.
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
-    spec = METHODS[method]
-    given = dict(model=model, checkpoint=checkpoint, cnn_checkpoint=cnn_checkpoint, mode=mode, sizes=sizes,
-                 prompts=prompts, winclip_in_segmentation=winclip_in_segmentation, class_prompts=class_prompts,
-                 detector=detector)
-    unused = [k for k, v in given.items() if v is not None and k not in spec.uses]
+def check_method_arguments(method: str, given: dict) -> None:
+    """Refuse a method-specific argument (:data:`SPECIFIC_ARGUMENTS`) that ``method`` does not use; ``given`` maps
+    argument names to values, None meaning "not given"."""
+    unused = [k for k, v in given.items() if v is not None and k not in METHODS[method].uses]
     if unused:
         flags = ", ".join("--" + k.replace("_", "-") for k in unused)
         them = "them" if len(unused) > 1 else "it"
         raise ValueError(f"{method} does not use {flags} ({', '.join(unused)}); leave {them} out: a run records "
                          "only what its method applied")
-    shots = _int("shots", shots, low=0)
-    if spec.shots == "k" and shots < 1:
-        raise ValueError(f"{method} is a k-shot baseline: shots must be >= 1, got {shots}")
-    if spec.shots == "zero" and shots != 0:
-        raise ValueError(f"{method} is zero-shot: it uses no reference images, so shots must be 0, got {shots}")
-    seed = _int("seed", seed, low=0)
-    n_boot = _int("n_boot", n_boot, low=0, hint=" (0: no intervals)")
-    eval_size = _int("eval_size", eval_size, low=1)
-    max_images = _int("max_images", max_images or None, low=2, allow_none=True,
-                      hint=" (at least one normal and one defective image per class; 0 or empty: all images)")
-    options = dict(options or {})
-    if not isinstance(variant, str):
-        raise ValueError(f"variant must be a string, got {variant!r}")
 
+
+def method_parameters(method: str, *, dataset: str, shots: int, seed: int, eval_size: int, options=None,
+                      mode=None, sizes=None, prompts=None, winclip_in_segmentation=None, class_prompts=None,
+                      detector=None) -> tuple[dict, object]:
+    """The runner parameters of a method's own settings, with the method's defaults applied, and its validated
+    config: ``(params, config)``. Shared by :func:`plan_run` and :class:`zsad.Detector`; arguments the method does not
+    use must be None (:func:`check_method_arguments`)."""
+    spec = METHODS[method]
     p = {"method": method, "dataset": dataset, "shots": shots, "seed": seed, "eval_size": eval_size,
-         "options": options}
+         "options": dict(options or {})}
     if method == "fade":
         mode = _FADE_DEFAULTS["mode"] if mode is None else mode
         if mode not in MODES:
@@ -322,26 +285,100 @@ def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classe
             raise ValueError("the segmentation ensemble is empty: give prompt files or keep the WinCLIP prompts")
     if "class_prompts" in spec.uses:
         p["class_prompts"] = tuple(config.prompt_path(x) for x in _names(class_prompts)) or None
-        if method == "cheung" and not p["class_prompts"]:
-            raise ValueError("cheung (the full method) needs class prompts from the LLM: pass class_prompts / "
-                             "--class-prompts, e.g. prompts/llm_class_mvtec.json; cheung_no_prompt_generation is "
-                             "the row without them")
     if "detector" in spec.uses:
         if detector and not Path(detector).expanduser().is_dir():
             raise ValueError(f"--detector {detector}: not a folder (a Grounding DINO model in Hugging Face format)")
         p["detector"] = detector or None
-    cfg = spec.config(p)
+    return p, spec.config(p)
+
+
+def method_weights(method: str, *, model=None, checkpoint=None, cnn_checkpoint=None) -> tuple[str | None, str | None]:
+    """``(model name or None, weights file or None)`` of a method: the CLIP architecture and checkpoint (default
+    ``$ZSAD_CHECKPOINT``), or PatchCore's WideResNet-50 file (default ``$ZSAD_CNN_CHECKPOINT``); a named file that
+    does not exist is an error. None: seeded random weights."""
+    if METHODS[method].family == "cnn":
+        model_name, weights = None, cnn_checkpoint or default_cnn_checkpoint()
+        flag = "--cnn-checkpoint / $ZSAD_CNN_CHECKPOINT"
+    else:
+        model_name, weights = model or DEFAULT_MODEL, checkpoint or default_checkpoint()
+        flag = "--checkpoint / $ZSAD_CHECKPOINT"
+    if weights and not Path(weights).expanduser().is_file():
+        raise ValueError(f"{Path(weights).expanduser()}: checkpoint file not found ({flag})")
+    return model_name, weights
+
+
+def applied_parameters(p: dict, cfg) -> dict:
+    """What provenance records of :func:`method_parameters`' output: paths relative to the project, sizes as a
+    list, the resolved config as plain values."""
+    out = {k: v for k, v in p.items() if k not in ("prompts", "class_prompts", "detector", "sizes")}
+    out["config"] = _config_record(cfg)
+    if "sizes" in p:
+        out["sizes"] = list(p["sizes"])
+    if "prompts" in p:
+        out["prompts"] = [config.display_path(x) for x in p["prompts"]]
+    if "class_prompts" in p:
+        out["class_prompts"] = [config.display_path(x) for x in p["class_prompts"] or ()]
+    if "detector" in p:
+        out["detector"] = config.display_path(p["detector"]) if p["detector"] else None
+    return out
+
+
+@dataclass
+class RunPlan:
+    """A run checked and resolved before any image is encoded (:func:`plan_run`); :func:`execute` computes it."""
+
+    method: str
+    spec: MethodSpec
+    params: dict  # what the runner reads
+    applied: dict  # what provenance records: every parameter the method applied, resolved
+    tests: dict  # class -> test records (after max_images)
+    references: dict  # class -> reference records
+    weights: str | None
+    out: Path | None
+    overwrite: bool
+
+
+def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classes=None, *,
+             model: str | None = None, checkpoint=None, cnn_checkpoint=None, shots: int = 0, seed: int = 0,
+             mode: str | None = None, sizes=None, prompts=None, winclip_in_segmentation: bool | None = None,
+             options=None, variant: str = "", class_prompts=None, detector=None, max_images: int | None = None,
+             eval_size: int = 448, n_boot: int = 200, cache=True, autocast: str | None = None,
+             device: str | None = None, out=None, overwrite: bool = False, progress: bool = True) -> RunPlan:
+    """Check and resolve every argument of :func:`predict` without encoding an image or loading a model.
+
+    Parameters and errors as :func:`predict`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+    spec = METHODS[method]
+    check_method_arguments(method, dict(model=model, checkpoint=checkpoint, cnn_checkpoint=cnn_checkpoint, mode=mode,
+                                        sizes=sizes, prompts=prompts, winclip_in_segmentation=winclip_in_segmentation,
+                                        class_prompts=class_prompts, detector=detector))
+    shots = _int("shots", shots, low=0)
+    if spec.shots == "k" and shots < 1:
+        raise ValueError(f"{method} is a k-shot baseline: shots must be >= 1, got {shots}")
+    if spec.shots == "zero" and shots != 0:
+        raise ValueError(f"{method} is zero-shot: it uses no reference images, so shots must be 0, got {shots}")
+    seed = _int("seed", seed, low=0)
+    n_boot = _int("n_boot", n_boot, low=0, hint=" (0: no intervals)")
+    eval_size = _int("eval_size", eval_size, low=1)
+    max_images = _int("max_images", max_images or None, low=2, allow_none=True,
+                      hint=" (at least one normal and one defective image per class; 0 or empty: all images)")
+    if not isinstance(variant, str):
+        raise ValueError(f"variant must be a string, got {variant!r}")
+    p, cfg = method_parameters(method, dataset=dataset, shots=shots, seed=seed, eval_size=eval_size, options=options,
+                               mode=mode, sizes=sizes, prompts=prompts,
+                               winclip_in_segmentation=winclip_in_segmentation, class_prompts=class_prompts,
+                               detector=detector)
+    if method == "cheung" and not p["class_prompts"]:
+        raise ValueError("cheung (the full method) needs class prompts from the LLM: pass class_prompts / "
+                         "--class-prompts, e.g. prompts/llm_class_mvtec.json; cheung_no_prompt_generation is "
+                         "the row without them")
     autocast, device = autocast or None, _default_device(device)
     check_autocast(autocast, torch.device(device))  # before any data or model is loaded; fp16 needs CUDA
-
-    if spec.family == "cnn":
-        weights = cnn_checkpoint or default_cnn_checkpoint()
-    else:
-        p["model"] = model or DEFAULT_MODEL
-        weights = checkpoint or default_checkpoint()
-    if weights and not Path(weights).expanduser().is_file():
-        flag = "--cnn-checkpoint / $ZSAD_CNN_CHECKPOINT" if spec.family == "cnn" else "--checkpoint / $ZSAD_CHECKPOINT"
-        raise ValueError(f"{Path(weights).expanduser()}: checkpoint file not found ({flag})")
+    model_name, weights = method_weights(method, model=model, checkpoint=checkpoint, cnn_checkpoint=cnn_checkpoint)
+    if model_name:
+        p["model"] = model_name
 
     kind, data_root = config.resolve_dataset(dataset, root)
     if out is not None:
@@ -369,21 +406,12 @@ def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classe
         if p.get("class_prompts"):
             class_prompts_for(cls, p["class_prompts"])  # every class has LLM prompts in one of the files
 
-    applied = {**{k: v for k, v in p.items() if k not in ("prompts", "class_prompts", "detector", "sizes")},
-               "root": config.display_path(data_root), "classes": sorted(by_class), "max_images": max_images,
-               "n_boot": n_boot, "setting": _setting(shots) + (f" {variant}" if variant else ""),
-               "autocast": autocast, "device": device, "config": _config_record(cfg)}
-    if "sizes" in p:
-        applied["sizes"] = list(p["sizes"])
-    if "prompts" in p:
-        applied["prompts"] = [config.display_path(x) for x in p["prompts"]]
-    if "class_prompts" in p:
-        applied["class_prompts"] = [config.display_path(x) for x in p["class_prompts"] or ()]
-    if "detector" in p:
-        applied["detector"] = config.display_path(p["detector"]) if p["detector"] else None
+    applied = {**applied_parameters(p, cfg), "root": config.display_path(data_root), "classes": sorted(by_class),
+               "max_images": max_images, "n_boot": n_boot,
+               "setting": _setting(shots) + (f" {variant}" if variant else ""), "autocast": autocast, "device": device}
     feature_cache = FeatureCache() if cache is True else (cache or None)
     params = {**p, "config": cfg, "autocast": autocast, "cache": feature_cache, "device": device}
-    return RunPlan(method, spec, params, applied, tests, references, weights, out, overwrite, feature_cache)
+    return RunPlan(method, spec, params, applied, tests, references, weights, out, overwrite)
 
 
 @functools.lru_cache(maxsize=None)
@@ -393,12 +421,6 @@ def code_digest() -> str:
     for path in sorted(config.PACKAGE_DIR.rglob("*.py")):
         h.update(path.relative_to(config.PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=256)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _stat_digest(paths) -> str:
@@ -412,15 +434,10 @@ def _stat_digest(paths) -> str:
 def fingerprint(plan: "RunPlan") -> dict:
     """What a finished run folder must match to be reused instead of recomputed (``resume``): the code, the
     weights file's content, the prompt files' contents and the images' paths, sizes and modification times."""
-    def content(path):
-        path = Path(path).expanduser().resolve()
-        st = path.stat()
-        return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
-
     files = [*plan.params.get("prompts", ()), *(plan.params.get("class_prompts") or ())]
     images = [r.path for recs in (*plan.tests.values(), *plan.references.values()) for r in recs]
-    return {"code": code_digest(), "weights": content(plan.weights) if plan.weights else "random",
-            "prompts": [content(f) for f in files], "images": _stat_digest(images)}
+    return {"code": code_digest(), "weights": file_sha256(plan.weights) if plan.weights else "random",
+            "prompts": [file_sha256(f) for f in files], "images": _stat_digest(images)}
 
 
 def reusable(plan: "RunPlan") -> dict | None:

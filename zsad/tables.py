@@ -90,17 +90,14 @@ def weights_banner(model: str | None = None, checkpoint=None, *, detector=False,
     checkpoint's file name and sha256), from the chapter's parameters (``**run_arguments(globals())`` fits; other
     keys are ignored). ``detector``: Cheung et al.'s Grounding DINO folder, ``""``/None for the small RANDOM one,
     False (default) for a chapter without a detector."""
-    from zsad.backbone import default_checkpoint
-    from zsad.study import _file_sha256
+    from zsad.backbone import DEFAULT_MODEL, default_checkpoint, file_sha256
 
     checkpoint = checkpoint or default_checkpoint()
-    model = model or "ViT-B-16-plus-240"
+    model = model or DEFAULT_MODEL
     random = not checkpoint or (detector is not False and not detector)
     if checkpoint:
-        path = Path(checkpoint).expanduser().resolve()
-        st = path.stat()
-        lines = [f"Weights: {model} from `{path.name}`, sha256 "
-                 f"`{_file_sha256(str(path), st.st_size, st.st_mtime_ns)}`."]
+        lines = [f"Weights: {model} from `{Path(checkpoint).expanduser().resolve().name}`, "
+                 f"sha256 `{file_sha256(checkpoint)}`."]
     else:
         lines = [f"**RANDOM WEIGHTS** ({model}, seeded random init): every number and figure of this chapter tests "
                  "the pipeline; none is a result about CLIP, and none may be compared with the papers'."]
