@@ -1,5 +1,4 @@
 """zsad.cache: content keys, safetensors entries, corruption, concurrent writers, the three extraction paths, CLI."""
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -355,9 +354,9 @@ def test_no_pickle_on_write_or_read(wrn, records, plain_cnn, tmp_path, monkeypat
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser(prog="zsad")
-    zc.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    from zsad.cli import build_parser
+
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -55,7 +55,7 @@ def test_eq4_guard_when_denominator_is_zero():
     s, guarded = eq4_scores(e, t_n, t_a, guard="shifted")
     assert guarded.tolist() == [True]
     assert s[0] == pytest.approx(0.4 / 2.0)  # (1 + c_a) / (2 + c_a + c_n) = 0.4 / 2
-    s, _ = eq4_scores(e, t_n, t_a, guard="softmax", tau=1.0)
+    s, _ = eq4_scores(e, t_n, t_a, guard="softmax", temperature=1.0)
     assert s[0] == pytest.approx(1 / (1 + math.exp(1.2)))  # softmax([0.6, -0.6])[1] = sigmoid(-1.2)
     with pytest.raises(ValueError, match="undefined for 1 image"):
         eq4_scores(e, t_n, t_a, guard="raise")
@@ -81,7 +81,7 @@ def test_eq4_guard_on_mixed_signs_and_not_on_positive_cosines():
 def test_eq4_whole_set_modes():
     s, guarded = eq4_scores(E, T_N, T_A, score="shifted")
     assert s[0] == pytest.approx(1.6 / 3.4) and not guarded.any()
-    s, guarded = eq4_scores(E, T_N, T_A, score="softmax", tau=0.1)
+    s, guarded = eq4_scores(E, T_N, T_A, score="softmax", temperature=0.1)
     assert s[0] == pytest.approx(1 / (1 + math.exp(2.0))) and not guarded.any()
     with pytest.raises(ValueError, match="score"):
         eq4_scores(E, T_N, T_A, score="bogus")

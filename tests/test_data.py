@@ -112,7 +112,7 @@ def test_image_record_is_frozen():
 def test_data_package_imports_no_model():
     allowed = {"__future__", "csv", "dataclasses", "functools", "io", "os", "pathlib", "re", "typing", "warnings",
                "zlib", "shutil", "tempfile", "numpy", "torch", "torchvision", "PIL"}
-    allowed_zsad = {"zsad.atomic"}  # stdlib-only helpers of zsad itself
+    allowed_zsad = {"zsad.atomic", "zsad.config"}  # stdlib-only helpers of zsad itself (writes; where data lives)
     pkg = Path(__file__).resolve().parents[1] / "zsad" / "data"
     for src in sorted(pkg.glob("*.py")):
         for node in ast.walk(ast.parse(src.read_text())):
@@ -168,9 +168,23 @@ def test_missing_root(tmp_path):
         list_classes("mvtec", f)
 
 
+def test_dataset_names_of_the_study_load_without_a_root(monkeypatch):
+    # zsad.load_dataset takes the study's dataset names; without a root the configured one applies
+    from zsad import config
+
+    synthetic = load_dataset("synthetic", split="test", validate=False)
+    assert synthetic == load_dataset("mvtec", config.SYNTHETIC_DIR, split="test", validate=False)
+    assert {r.cls for r in synthetic} == set(list_classes("synthetic"))
+    assert load_dataset("magnetic_tile", validate=False) == load_dataset("magnetic_tile", config.MAGNETIC_TILE_SUBSET,
+                                                                         validate=False)
+    monkeypatch.delenv("ZSAD_MVTEC_ROOT", raising=False)
+    with pytest.raises(DatasetError, match=r"dataset 'mvtec' needs a root.*\$ZSAD_MVTEC_ROOT"):
+        load_dataset("mvtec")
+
+
 def test_unknown_kind_split_and_class(tmp_path):
     root = _mvtec_tree(tmp_path / "ds")
-    with pytest.raises(DatasetError, match="unknown dataset kind"):
+    with pytest.raises(DatasetError, match="unknown dataset 'kitti'; expected one of synthetic"):
         load_dataset("kitti", root)
     with pytest.raises(DatasetError, match="unknown split"):
         load_dataset("mvtec", root, split="val")

@@ -143,6 +143,11 @@ def test_extract_patch_features_shapes_and_inputs(cnn, synth_features):
         extract_patch_features(cnn, pixels, layers=("layer9",), progress=False)
     with pytest.raises(ValueError):
         extract_patch_features(cnn, pixels, dim=1023, progress=False)
+    # the bare torchvision module gives the same bits as the loaded wrapper; other objects are a clear TypeError
+    bare, _ = extract_patch_features(cnn.model, pixels[:1], progress=False)
+    assert torch.equal(bare, extract_patch_features(cnn, pixels[:1], progress=False)[0])
+    with pytest.raises(TypeError, match="torchvision ResNet module"):
+        extract_patch_features(torch.nn.Linear(2, 2), pixels[:1], progress=False)
 
 
 # ------------------------------------------------------------------------------------------------- coreset

@@ -9,8 +9,6 @@ tests and the default CPU job run the real code paths in seconds.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -22,6 +20,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import open_clip  # noqa: E402
 import torch  # noqa: E402
+
+from zsad.digest import file_sha256  # noqa: E402  (re-exported: loaders and banners hash checkpoints)
 
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 CHECKPOINT_ENV = "ZSAD_CHECKPOINT"
@@ -65,20 +65,6 @@ class LoadedModel(WeightsInfo):
     checkpoint: str | None  # absolute path of the weights file, None for random init
     sha256: str  # checkpoint sha256, or "random"
     seed: int  # seed of the random init (also used when a checkpoint is loaded, for any unset tensor)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, computed once per process per (path, size, modification time): a checkpoint is
-    hashed at load, for a run's fingerprint and for a chapter's weights banner."""
-    path = Path(path).expanduser().resolve()
-    st = path.stat()
-    return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=256)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def list_models() -> list[str]:

@@ -43,7 +43,6 @@ once stored, the entry is what every later run reads, whatever the batch composi
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -58,10 +57,11 @@ from pathlib import Path
 import torch
 
 from zsad import atomic
+from zsad.digest import file_sha256
 from zsad.results import package_versions
 
 __all__ = ["FORMAT_VERSION", "KINDS", "CACHE_ENV", "CacheWarning", "FeatureCache", "Lookup", "cache_root",
-           "model_identity", "unwrap_model", "encode_prompts_cached", "register"]
+           "model_identity", "unwrap_model", "encode_prompts_cached"]
 
 FORMAT_VERSION = 2  # 2: text entries hold one prompt each
 KINDS = ("tokens", "windows", "cnn", "text", "knn", "crops")
@@ -172,17 +172,6 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-_FILE_DIGESTS: dict[tuple, str] = {}
-
-
-def _file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------------------------- the cache
 
 
@@ -215,21 +204,15 @@ class FeatureCache:
     # -- keys
     def digest(self, item) -> str:
         """sha256 of an image's content: the file bytes of an ImageRecord (``.path``) or a path; for a PIL image,
-        of its mode, size and pixel bytes. File digests are memoised per (path, size, mtime, inode) for the process
-        (every run of a table reads the same images)."""
+        of its mode, size and pixel bytes. File digests are memoised per process (:func:`zsad.digest.file_sha256`):
+        every run of a table reads the same images."""
         from PIL import Image
 
         if isinstance(item, Image.Image):
             h = hashlib.sha256(f"PIL|{item.mode}|{item.size}|".encode())
             h.update(item.tobytes())
             return "pil:" + h.hexdigest()
-        path = Path(getattr(item, "path", item))
-        st = path.stat()  # FileNotFoundError for a missing file, as the loaders would raise
-        memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
-        found = _FILE_DIGESTS.get(memo)
-        if found is None:
-            found = _FILE_DIGESTS[memo] = _file_digest(path)
-        return found
+        return file_sha256(getattr(item, "path", item))  # FileNotFoundError for a missing file, as the loaders
 
     def key_document(self, kind: str, model_id: dict, input_digest: str, params: dict) -> str:
         """The canonical JSON the key hashes (see the module docstring)."""
@@ -491,47 +474,3 @@ def encode_prompts_cached(model, prompts: Sequence[str], *, cache: FeatureCache 
 
     return cache.compute_missing("text", model, params, [None] * len(prompts), compute, names=("embedding",),
                                  digests=digests).stack("embedding")
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def _cmd_info(args) -> int:
-    report = FeatureCache(args.root).info()
-    print(f"cache root: {report['root']}")
-    print(f"{'kind':<8} {'entries':>8} {'bytes':>14} {'size':>10}")
-    for kind, row in report["kinds"].items():
-        extra = f"  ({row['temp_files']} temporary files)" if row["temp_files"] else ""
-        print(f"{kind:<8} {row['entries']:>8} {row['bytes']:>14} {_human(row['bytes']):>10}{extra}")
-    print(f"{'total':<8} {report['entries']:>8} {report['bytes']:>14} {_human(report['bytes']):>10}")
-    return 0
-
-
-def _cmd_clear(args) -> int:
-    cache = FeatureCache(args.root)
-    removed = cache.clear(args.kind)
-    what = f"kind {args.kind}" if args.kind else "all kinds"
-    print(f"removed {removed['entries']} entries ({_human(removed['bytes'])}) of {what} from {cache.root}")
-    return 0
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add ``zsad cache info`` and ``zsad cache clear [--kind K]`` to the ``zsad`` sub-command parsers."""
-    parser = subparsers.add_parser("cache", help="the on-disk feature cache: entries and bytes per kind, clearing")
-    sub = parser.add_subparsers(dest="cache_command", required=True)
-    p = sub.add_parser("info", help="root, entries and bytes per kind")
-    p.add_argument("--root", type=Path, help=f"cache folder (default ${CACHE_ENV} or <project>/cache)")
-    p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("clear", help="delete cached features (all kinds, or one)")
-    p.add_argument("--kind", choices=KINDS, help="only this kind of features")
-    p.add_argument("--root", type=Path, help=f"cache folder (default ${CACHE_ENV} or <project>/cache)")
-    p.set_defaults(func=_cmd_clear)
-    return parser

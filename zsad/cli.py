@@ -7,6 +7,54 @@ import sys
 from pathlib import Path
 
 
+def _human(n: int) -> str:
+    """A byte count in B / KiB / MiB / GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _cmd_cache_info(args) -> int:
+    from zsad.cache import FeatureCache
+
+    report = FeatureCache(args.root).info()
+    print(f"cache root: {report['root']}")
+    print(f"{'kind':<8} {'entries':>8} {'bytes':>14} {'size':>10}")
+    for kind, row in report["kinds"].items():
+        extra = f"  ({row['temp_files']} temporary files)" if row["temp_files"] else ""
+        print(f"{kind:<8} {row['entries']:>8} {row['bytes']:>14} {_human(row['bytes']):>10}{extra}")
+    print(f"{'total':<8} {report['entries']:>8} {report['bytes']:>14} {_human(report['bytes']):>10}")
+    return 0
+
+
+def _cmd_cache_clear(args) -> int:
+    from zsad.cache import FeatureCache
+
+    cache = FeatureCache(args.root)
+    removed = cache.clear(args.kind)
+    what = f"kind {args.kind}" if args.kind else "all kinds"
+    print(f"removed {removed['entries']} entries ({_human(removed['bytes'])}) of {what} from {cache.root}")
+    return 0
+
+
+def _register_cache(sub) -> None:
+    """``zsad cache info`` and ``zsad cache clear [--kind K]``."""
+    from zsad.cache import CACHE_ENV, KINDS
+
+    parser = sub.add_parser("cache", help="the on-disk feature cache: entries and bytes per kind, clearing")
+    cache_sub = parser.add_subparsers(dest="cache_command", required=True)
+    root_help = f"cache folder (default ${CACHE_ENV}, else <project>/cache in a clone, ~/.cache/zsad installed)"
+    p = cache_sub.add_parser("info", help="root, entries and bytes per kind")
+    p.add_argument("--root", type=Path, help=root_help)
+    p.set_defaults(func=_cmd_cache_info)
+    p = cache_sub.add_parser("clear", help="delete cached features (all kinds, or one)")
+    p.add_argument("--kind", choices=KINDS, help="only this kind of features")
+    p.add_argument("--root", type=Path, help=root_help)
+    p.set_defaults(func=_cmd_cache_clear)
+
+
 def _cmd_doctor(args) -> int:
     from zsad import doctor
 
@@ -216,10 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for confidence intervals (0: none)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.set_defaults(func=_cmd_eval)
-    from zsad.cache import register as register_cache
     from zsad.prompt_cli import register as register_prompts
 
-    register_cache(sub)
+    _register_cache(sub)
     register_prompts(sub)
     import zsad.inspect
 

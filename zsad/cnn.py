@@ -218,13 +218,23 @@ def reproducible_convolutions(device: str | torch.device = "cpu"):
         torch.backends.nnpack.set_flags(nnpack)
 
 
+def _module_of(cnn) -> torch.nn.Module:
+    """The ResNet module of a :class:`LoadedCNN` or the module itself; anything else is a clear TypeError."""
+    model = cnn.model if isinstance(cnn, LoadedCNN) else cnn
+    missing = [name for name in ("conv1", "bn1", "maxpool", *LAYERS) if not hasattr(model, name)]
+    if not isinstance(model, torch.nn.Module) or missing:
+        raise TypeError(f"expected what zsad.cnn.load_cnn returns or a torchvision ResNet module, got "
+                        f"{type(cnn).__name__}" + (f" without {', '.join(missing)}" if missing else ""))
+    return model
+
+
 def cnn_feature_maps(cnn: LoadedCNN | torch.nn.Module, pixels: torch.Tensor,
                      layers: Sequence[str] = ("layer2", "layer3")) -> dict[str, torch.Tensor]:
     """Raw feature maps ``{layer: (N, C, h, w)}`` of a batch; the forward stops at the deepest requested layer.
 
     On the CPU it runs under :func:`reproducible_convolutions` (the same bits for any thread count and batch)."""
     layers = _check_layers(layers)
-    model = cnn.model if isinstance(cnn, LoadedCNN) else cnn
+    model = _module_of(cnn)
     out = {}
     last = max(LAYERS.index(name) for name in layers)
     with reproducible_convolutions(pixels.device):
@@ -255,7 +265,7 @@ def _local_patch_features(maps: dict[str, torch.Tensor], layers: tuple[str, ...]
 
 @torch.inference_mode()
 def extract_patch_features(
-    cnn: LoadedCNN,
+    cnn: LoadedCNN | torch.nn.Module,
     records_or_pixels: Sequence[ImageRecord | str | PathLike | Image.Image] | torch.Tensor,
     *,
     size: int = 224,
@@ -269,6 +279,8 @@ def extract_patch_features(
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """PatchCore's locally aware patch features of a list of images (module docstring).
 
+    ``cnn`` is what :func:`load_cnn` returns or a torchvision ResNet-style module itself (``conv1`` ...
+    ``layer4``); a bare module is identified in cache keys by hashing its weights.
     ``records_or_pixels`` is a sequence of ``ImageRecord`` / paths / PIL images (read and preprocessed with
     :func:`imagenet_preprocess` at ``size``, one batch at a time), or an ``(N, 3, H, W)`` tensor that is already
     normalised (``size`` is then ignored). Returns ``(features, (h, w))``: float32 ``(N, h*w, dim)`` on the CPU and
@@ -296,7 +308,7 @@ def extract_patch_features(
     if cache is not None and not is_tensor:
         return _cached_patch_features(cnn, items, cache, size=size, layers=layers, dim=dim, batch_size=batch_size,
                                       progress=progress, desc=desc, autocast=autocast)
-    device = cnn.device
+    device = next(_module_of(cnn).parameters()).device
     parts, grid = [], None
     starts = range(0, len(items), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):

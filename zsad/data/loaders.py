@@ -108,11 +108,6 @@ def _root(root: str | PathLike) -> Path:
     return p
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in DATASET_KINDS:
-        raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")
-
-
 def _check_split(split: str | None) -> None:
     if split is not None and split not in _SPLITS:
         raise DatasetError(f"unknown split {split!r}; expected 'train', 'test' or None")
@@ -356,10 +351,38 @@ def _load_folder(root: Path, split: str | None) -> list[ImageRecord]:
 # ------------------------------------------------------------------------------------------------ public
 
 
-def list_classes(kind: str, root: str | PathLike) -> list[str]:
-    """Sorted class names available under ``root`` for a dataset ``kind`` (see the module docstring)."""
-    _check_kind(kind)
-    r = _root(root)
+def _kind_and_root(dataset: str, root) -> tuple[str, Path]:
+    """``(loader kind, root)`` of a dataset name: ``synthetic`` is an MVTec-layout tree, and without ``root`` a
+    name's configured default applies (the embedded data, ``$ZSAD_MVTEC_ROOT``, ``$ZSAD_VISA_ROOT``)."""
+    if dataset in DATASET_KINDS and root is not None:
+        return dataset, _root(root)
+    from zsad.config import DATASETS, resolve_dataset
+
+    if dataset not in DATASETS:
+        raise DatasetError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    try:
+        kind, path = resolve_dataset(dataset, root)
+    except ValueError as exc:  # no root configured for this name
+        raise DatasetError(str(exc)) from None
+    return kind, _root(path)
+
+
+def list_classes(kind: str, root: str | PathLike | None = None) -> list[str]:
+    """Sorted class names of a dataset.
+
+    Parameters
+    ----------
+    kind : str
+        A dataset name or loader kind: ``synthetic``, ``magnetic_tile``, ``mvtec``, ``visa`` or ``folder``.
+    root : str or os.PathLike, optional
+        The dataset root; default: the name's configured root (see :func:`load_dataset`).
+
+    Returns
+    -------
+    list of str
+        The class names, sorted.
+    """
+    kind, r = _kind_and_root(kind, root)
     if kind == "mvtec":
         return _mvtec_classes(r)
     if kind == "visa":
@@ -373,7 +396,7 @@ def list_classes(kind: str, root: str | PathLike) -> list[str]:
 
 def load_dataset(
     kind: str,
-    root: str | PathLike,
+    root: str | PathLike | None = None,
     classes: str | Iterable[str] | None = None,
     split: str | None = None,
     *,
@@ -382,23 +405,39 @@ def load_dataset(
 ) -> list[ImageRecord]:
     """Load the records of a dataset, sorted by ``(cls, split, relpath)``.
 
-    Args:
-        kind: one of ``DATASET_KINDS``.
-        root: dataset root (layouts in the module docstring).
-        classes: a class name or names (``None``: all); an unknown name raises ``DatasetError`` listing the
-            available ones.
-        split: ``"train"``, ``"test"`` or ``None`` (both).
-        validate: open every image and mask header (no pixel decode) to check that the files are readable
-            images and that each mask has its image's size. Truncated pixel data is only found when the image is
-            decoded (``load_image``).
-        mask_threshold: stored in every record, in 8-bit units 0..255 (``load_mask(record, size)`` binarises
-            ``value > threshold``, values of 16-bit masks rescaled like images; 0 means the mask format's default:
-            FADE's ``!= 0`` for lossless files, ``> 127`` for JPEG); ``None`` uses the kind's default
-            (``MASK_THRESHOLDS``).
+    Parameters
+    ----------
+    kind : str
+        A dataset name or loader kind, the names the study uses: ``synthetic`` (the embedded MVTec-layout tree),
+        ``magnetic_tile``, ``mvtec``, ``visa`` or ``folder`` (layouts in the module docstring).
+    root : str or os.PathLike, optional
+        The dataset root. None: the name's configured root (``synthetic`` and ``magnetic_tile``: the embedded
+        data; ``mvtec`` / ``visa``: ``$ZSAD_MVTEC_ROOT`` / ``$ZSAD_VISA_ROOT``; ``folder``: an error).
+    classes : str or iterable of str, optional
+        A class name or names (None: all); an unknown name raises ``DatasetError`` listing the available ones.
+    split : {"train", "test"}, optional
+        One split, or None for both.
+    validate : bool, default True
+        Open every image and mask header (no pixel decode) to check that the files are readable images and that
+        each mask has its image's size. Truncated pixel data is only found when the image is decoded
+        (``load_image``).
+    mask_threshold : int, optional
+        Stored in every record, in 8-bit units 0..255 (``load_mask(record, size)`` binarises ``value >
+        threshold``, values of 16-bit masks rescaled like images; 0 means the mask format's default: FADE's
+        ``!= 0`` for lossless files, ``> 127`` for JPEG); None uses the kind's default (``MASK_THRESHOLDS``).
+
+    Returns
+    -------
+    list of ImageRecord
+        One record per image, sorted.
+
+    Raises
+    ------
+    DatasetError
+        An unknown dataset, split or class, a missing root, or a file that breaks the layout (named).
     """
-    _check_kind(kind)
     _check_split(split)
-    r = _root(root)
+    kind, r = _kind_and_root(kind, root)
     if kind == "mvtec":
         selected = _select_classes(_mvtec_classes(r), classes, r)
         records = [rec for cls in selected for rec in _load_mvtec_class(r / cls, cls, r, split)]

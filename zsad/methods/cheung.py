@@ -42,8 +42,8 @@ Decisions where the paper is silent (the book's Methods chapter, book/methods.md
   - ``guard="shifted"`` (default): the same ratio on cosines shifted to [0, 1] by ``(1 + c) / 2``, i.e.
     ``(1 + c_a) / (2 + c_a + c_n)``: the same [0, 1] range and the same 0.5 boundary as eq. 4, monotone in both
     cosines, defined everywhere except ``c_a = c_n = -1`` (where it gives 0.5);
-  - ``guard="softmax"``: CLIP's two-way softmax ``softmax([c_n, c_a] / tau)[1]`` (``tau`` = 0.01, CLIP's logit
-    scale 100), the score FADE and WinCLIP use;
+  - ``guard="softmax"``: CLIP's two-way softmax ``softmax([c_n, c_a] / T)[1]`` (``temperature`` T = 0.01, CLIP's
+    logit scale 100), the score FADE and WinCLIP use;
   - ``guard="raise"``: a ``ValueError`` naming the guarded images.
 
   ``score="shifted"`` or ``score="softmax"`` use those formulas for every image instead of eq. 4 (useful to check
@@ -88,7 +88,7 @@ class CheungConfig:
     score: str = "ratio"  # "ratio" (eq. 4) | "shifted" | "softmax" (for every image)
     guard: str = "shifted"  # eq. 4 undefined (a cosine <= eps): "shifted" | "softmax" | "raise"
     eps: float = 1e-6  # guard threshold on the cosines
-    tau: float = 0.01  # softmax temperature (CLIP's logit scale 100)
+    temperature: float = 0.01  # softmax temperature (CLIP's logit scale 100), as FADE's and WinCLIP's `temperature`
     image_size: int = 240  # CLIP input size of whole images and crops
 
     def __post_init__(self):
@@ -109,8 +109,8 @@ class CheungConfig:
             raise ValueError(f"guard must be one of {GUARDS}, got {self.guard!r}")
         if not (self.eps >= 0 and math.isfinite(self.eps)):
             raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
-        if not (self.tau > 0 and math.isfinite(self.tau)):
-            raise ValueError(f"tau must be a positive number, got {self.tau}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a positive number, got {self.temperature}")
 
 
 # ---------------------------------------------------------------------------------------------- crop geometry
@@ -200,7 +200,7 @@ def fuse(e_image, e_object, weight: float = 0.5) -> torch.Tensor:
 
 
 def eq4_scores(e, t_n, t_a, *, score: str = "ratio", guard: str = "shifted", eps: float = 1e-6,
-               tau: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+               temperature: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """Eq. 4 on cosines, with the guard of the module docstring: ``(scores (N,), guarded (N,) bool)``.
 
     ``e`` is (N, D) or (D,); ``t_n``, ``t_a`` are (D,). All are L2-normalised here, so the dot products are cosines.
@@ -220,7 +220,7 @@ def eq4_scores(e, t_n, t_a, *, score: str = "ratio", guard: str = "shifted", eps
     c_a = (e @ ta[0]).numpy()
     den = 2.0 + c_a + c_n  # >= 0; 0 only when both cosines are -1
     shifted = np.where(den > 1e-12, (1.0 + c_a) / np.where(den > 1e-12, den, 1.0), 0.5)
-    softmax = 1.0 / (1.0 + np.exp(-np.clip((c_a - c_n) / tau, -700, 700)))  # softmax([c_n, c_a] / tau)[1]
+    softmax = 1.0 / (1.0 + np.exp(-np.clip((c_a - c_n) / temperature, -700, 700)))  # softmax([c_n, c_a] / T)[1]
     if score == "shifted":
         return shifted, np.zeros(len(c_a), bool)
     if score == "softmax":
@@ -250,7 +250,8 @@ def cheung_scores(e_image, e_object, t_n, t_a, cfg: CheungConfig = CheungConfig(
         e = fuse(e_image, e_object, cfg.fusion_weight)
     else:
         e = _as_matrix(e_image, "e_image")
-    scores, guarded = eq4_scores(e, t_n, t_a, score=cfg.score, guard=cfg.guard, eps=cfg.eps, tau=cfg.tau)
+    scores, guarded = eq4_scores(e, t_n, t_a, score=cfg.score, guard=cfg.guard, eps=cfg.eps,
+                                 temperature=cfg.temperature)
     return (scores, guarded) if return_guarded else scores
 
 
