@@ -35,10 +35,24 @@ def _umask() -> int:
 
 
 def file_mode() -> int:
+    """Return the permission bits of a new file: ``0o666 & ~umask``.
+
+    Returns
+    -------
+    int
+        E.g. ``0o644`` with the usual umask 022.
+    """
     return 0o666 & ~_umask()
 
 
 def folder_mode() -> int:
+    """Return the permission bits of a new folder: ``0o777 & ~umask``.
+
+    Returns
+    -------
+    int
+        E.g. ``0o755`` with the usual umask 022.
+    """
     return 0o777 & ~_umask()
 
 
@@ -47,7 +61,22 @@ def _tmp_prefix(path: Path, kind: str = "tmp") -> str:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling; concurrent writers: the last rename wins."""
+    """Write ``data`` to ``path`` through a temporary sibling; concurrent writers: the last rename wins.
+
+    The parent folder is created when missing; on any error the temporary file is removed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write.
+    data : bytes
+        Its new content.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
@@ -63,7 +92,20 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """:func:`write_bytes` of UTF-8 text."""
+    """Write text to ``path`` atomically, UTF-8 encoded (:func:`write_bytes`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write.
+    text : str
+        Its new content.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
     return write_bytes(path, text.encode("utf-8"))
 
 
@@ -84,6 +126,16 @@ def remove_stale(parent: str | os.PathLike) -> list[Path]:
 
     A folder qualifies only when its name is one of zsad's temporary names, it holds zsad's marker file, and the
     process id in its name is not running: nothing a user made, and nothing a live writer is using, is touched.
+
+    Parameters
+    ----------
+    parent : str or os.PathLike
+        The folder to clean; a missing folder is not an error.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The removed folders.
     """
     parent = Path(parent)
     removed = []
@@ -130,7 +182,25 @@ def atomic_folder(path: str | os.PathLike, *, replace: bool = False):
 
     Yields the temporary folder. ``replace=True`` lets it take the place of an existing ``path`` (the caller checks
     that the old folder may go); the old one is renamed aside first and removed only after the new one is in place.
-    On any error, SIGINT or SIGTERM the temporary folder is removed and ``path`` is left as it was.
+    On any error, SIGINT or SIGTERM the temporary folder is removed and ``path`` is left as it was. Stale temporary
+    folders of dead processes in the parent are removed first (:func:`remove_stale`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Where the finished folder goes; its parent is created when missing.
+    replace : bool, default False
+        Let the new folder take the place of an existing ``path``.
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary folder to fill.
+
+    Raises
+    ------
+    FileExistsError
+        When ``path`` exists and ``replace`` is False (raised at the end of the block).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -103,9 +103,26 @@ def load_model(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None =
 
     Parameters
     ----------
-    name : open_clip architecture name, e.g. ``"ViT-B-16-plus-240"`` or zsad's ``"zsad-tiny-vit"``.
-    checkpoint : path of a local open_clip state dict (``torch.load(weights_only=True)``). None: random weights.
-    seed : seed of the random initialisation (fixed, so random-weight runs are reproducible).
+    name : str, default "ViT-B-16-plus-240"
+        open_clip architecture name, e.g. ``"ViT-B-16-plus-240"`` or zsad's ``"zsad-tiny-vit"``.
+    checkpoint : str or os.PathLike, optional
+        Path of a local open_clip state dict (``torch.load(weights_only=True)``). None: seeded random weights.
+    seed : int, default 0
+        Seed of the random initialisation (fixed, so random-weight runs are reproducible).
+    device : str or torch.device, default "cpu"
+        Where the model is put after loading.
+
+    Returns
+    -------
+    LoadedModel
+        The model in eval mode, its tokenizer, and what provenance records of the weights (name, checkpoint path,
+        sha256 or ``"random"``, seed).
+
+    Raises
+    ------
+    ValueError
+        An unknown architecture; :class:`CheckpointError` (a ValueError) for a missing or unreadable checkpoint,
+        one made for another architecture, or one with NaN/inf tensors (named).
     """
     if name not in open_clip.list_models():
         raise ValueError(f"unknown model {name!r}; open_clip knows e.g. {DEFAULT_MODEL!r}, 'zsad-tiny-vit'")

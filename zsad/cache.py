@@ -30,12 +30,13 @@ a canonical JSON document (stored in the entry itself and compared on every read
   of the old code; and ``software``: the torch / torchvision / open_clip / Pillow versions (numerics and resizing).
 
 File layout: ``<root>/<kind>/<first two hex digits>/<key>.safetensors``. ``root`` is ``$ZSAD_CACHE`` or
-``<project root>/cache`` (git-ignored). Each file holds that image's tensors plus metadata: the key document, a
-sha256 per tensor and where it was computed. A read checks that the file parses, that the key document matches
-and that every checksum and expected tensor name is there; anything else (truncated, garbage, another entry) is a
-:class:`CacheWarning`, the file is dropped and the features are recomputed. Writes go to a temporary file in the
-same folder (``*.tmp-*``, git-ignored) and are moved into place with ``os.replace``, so a reader or a concurrent
-writer only ever sees a complete file. Nothing is pickled: entries are safetensors, read from bytes.
+``<project root>/cache`` (git-ignored; ``~/.cache/zsad`` when installed, :func:`cache_root`). Each file holds
+that image's tensors plus metadata: the key document, a sha256 per tensor and where it was computed. A read
+checks that the file parses, that the key document matches and that every checksum and expected tensor name is
+there; anything else (truncated, garbage, another entry) is a :class:`CacheWarning`, the file is dropped and the
+features are recomputed. Writes go to a temporary file in the same folder (``*.tmp-*``, git-ignored) and are moved
+into place with ``os.replace``, so a reader or a concurrent writer only ever sees a complete file. Nothing is
+pickled: entries are safetensors, read from bytes.
 
 Determinism note: a model's output for one image can differ in the last bits with the batch it was computed in (BLAS
 blocking). With a cold cache the misses are batched exactly like the uncached call, so the result is bit-identical;
@@ -93,7 +94,14 @@ class _Corrupt(Exception):
 
 
 def cache_root() -> Path:
-    """``$ZSAD_CACHE`` if set, else ``<project root>/cache`` in a clone, ``~/.cache/zsad`` when installed."""
+    """Return the default cache folder.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$ZSAD_CACHE`` if set (``~`` expanded), else ``<project root>/cache`` in a clone, ``~/.cache/zsad``
+        (``$XDG_CACHE_HOME/zsad`` when that is set) when installed.
+    """
     value = os.environ.get(CACHE_ENV, "").strip()
     if value:
         return Path(value).expanduser()
@@ -104,7 +112,25 @@ def cache_root() -> Path:
 
 @lru_cache(maxsize=None)
 def code_fingerprint(kind: str) -> str:
-    """sha256 over the zsad source files that compute ``kind`` (read once per process, i.e. the imported code)."""
+    """Return the sha256 over the zsad source files that compute ``kind`` (read once per process).
+
+    Memoised, so it is the fingerprint of the files as they were when first asked (normally the imported code).
+
+    Parameters
+    ----------
+    kind : str
+        A feature kind, a key of :data:`CODE_FILES`.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+
+    Raises
+    ------
+    KeyError
+        When ``kind`` is not a key of :data:`CODE_FILES`.
+    """
     h = hashlib.sha256()
     for rel in CODE_FILES[kind]:
         h.update(rel.encode() + b"\0" + (_PACKAGE_DIR / rel).read_bytes() + b"\0")
@@ -113,11 +139,34 @@ def code_fingerprint(kind: str) -> str:
 
 @lru_cache(maxsize=None)
 def software_versions() -> dict[str, str]:
+    """Return the versions of the packages whose numerics enter every key (memoised per process).
+
+    Returns
+    -------
+    dict of str to str
+        torch, torchvision, open-clip-torch and pillow versions (:func:`zsad.results.package_versions`).
+    """
     return package_versions(_SOFTWARE)
 
 
 def unwrap_model(model) -> torch.nn.Module:
-    """The ``nn.Module`` of a :class:`zsad.backbone.LoadedModel` / :class:`zsad.cnn.LoadedCNN`, or ``model`` itself."""
+    """Return the ``nn.Module`` of a :class:`zsad.backbone.LoadedModel` / :class:`zsad.cnn.LoadedCNN`.
+
+    Parameters
+    ----------
+    model : LoadedModel or LoadedCNN or torch.nn.Module
+        A loaded model (anything with a module ``.model`` and a ``.sha256``) or a module.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model.model``, or ``model`` itself when it is a module.
+
+    Raises
+    ------
+    TypeError
+        When ``model`` is neither.
+    """
     inner = getattr(model, "model", None)
     if isinstance(inner, torch.nn.Module) and hasattr(model, "sha256"):
         return inner
@@ -141,12 +190,25 @@ def _state_digest(module: torch.nn.Module) -> str:
 
 
 def model_identity(model) -> dict:
-    """What identifies a model's weights in a key.
+    """Return what identifies a model's weights in a key.
 
-    A :class:`~zsad.backbone.LoadedModel` or :class:`~zsad.cnn.LoadedCNN`: ``{"arch": name, "weights": checkpoint
-    sha256 | "random", "seed": init seed (random weights only, else None), "dtype": parameter dtype}``. A bare
-    ``nn.Module`` (no provenance): its class name and the sha256 of its whole state dict (exact, but it reads every
-    weight each call; pass the Loaded* object instead).
+    Parameters
+    ----------
+    model : LoadedModel or LoadedCNN or torch.nn.Module
+        The model.
+
+    Returns
+    -------
+    dict
+        For a :class:`~zsad.backbone.LoadedModel` or :class:`~zsad.cnn.LoadedCNN`: ``{"arch": name, "weights":
+        checkpoint sha256 | "random", "seed": init seed (random weights only, else None), "dtype": parameter
+        dtype}``. For a bare ``nn.Module`` (no provenance): its class name and ``"state:"`` + the sha256 of its
+        whole state dict (exact, but it reads every weight each call; pass the Loaded* object instead).
+
+    Raises
+    ------
+    TypeError
+        When ``model`` is not a module or a loaded model.
     """
     module = unwrap_model(model)
     if module is not model:
@@ -180,13 +242,22 @@ class FeatureCache:
 
     Parameters
     ----------
-    root : cache folder; created on the first write.
-    float16 : store floating tensors as float16 (half the disk; what is returned is then the float16-rounded value,
-        identical between the computing call and every later read). Default False: float32, results unchanged.
-        The storage dtype is part of the key, so the two never mix.
+    root : str or os.PathLike, optional
+        Cache folder (``~`` expanded); created on the first write. None: :func:`cache_root`.
+    float16 : bool, default False
+        Store floating tensors as float16 (half the disk; what is returned is then the float16-rounded value,
+        identical between the computing call and every later read). False: float32, results unchanged. The storage
+        dtype is part of the key, so the two never mix.
 
-    ``stats[kind]`` counts ``hits``, ``misses``, ``stored``, ``corrupt`` and ``write_errors`` (unique keys) of this
-    object.
+    Attributes
+    ----------
+    root : pathlib.Path
+        The cache folder.
+    float16 : bool
+        The storage choice.
+    stats : dict of str to collections.Counter
+        ``stats[kind]`` counts ``hits``, ``misses``, ``stored``, ``corrupt`` and ``write_errors`` (unique keys) of
+        this object.
     """
 
     def __init__(self, root: str | os.PathLike | None = None, *, float16: bool = False):
@@ -199,13 +270,32 @@ class FeatureCache:
 
     @property
     def storage(self) -> str:
+        """str: the storage dtype of entries, ``"float16"`` or ``"float32"`` (part of every key)."""
         return "float16" if self.float16 else "float32"
 
     # -- keys
     def digest(self, item) -> str:
-        """sha256 of an image's content: the file bytes of an ImageRecord (``.path``) or a path; for a PIL image,
-        of its mode, size and pixel bytes. File digests are memoised per process (:func:`zsad.digest.file_sha256`):
-        every run of a table reads the same images."""
+        """Return the sha256 of an image's content.
+
+        File digests are memoised per process (:func:`zsad.digest.file_sha256`): every run of a table reads the
+        same images.
+
+        Parameters
+        ----------
+        item : ImageRecord or str or os.PathLike or PIL.Image.Image
+            An ImageRecord (its ``.path``), a path, or a PIL image.
+
+        Returns
+        -------
+        str
+            The file bytes' sha256 (64 hex digits); for a PIL image ``"pil:"`` + the sha256 of its mode, size and
+            pixel bytes.
+
+        Raises
+        ------
+        FileNotFoundError
+            For a missing file, as the loaders.
+        """
         from PIL import Image
 
         if isinstance(item, Image.Image):
@@ -215,23 +305,92 @@ class FeatureCache:
         return file_sha256(getattr(item, "path", item))  # FileNotFoundError for a missing file, as the loaders
 
     def key_document(self, kind: str, model_id: dict, input_digest: str, params: dict) -> str:
-        """The canonical JSON the key hashes (see the module docstring)."""
+        """Return the canonical JSON the key hashes (see the module docstring).
+
+        Parameters
+        ----------
+        kind : str
+            A feature kind of :data:`KINDS`.
+        model_id : dict
+            :func:`model_identity` of the model.
+        input_digest : str
+            :meth:`digest` of the image (or the prompt's digest for ``text``).
+        params : dict
+            The preprocessing and feature parameters (JSON-serialisable).
+
+        Returns
+        -------
+        str
+            Sorted-key, compact, ASCII JSON, also holding the format version, storage dtype, code fingerprint and
+            software versions.
+
+        Raises
+        ------
+        ValueError
+            When ``kind`` is unknown.
+        """
         return _canonical({"format": FORMAT_VERSION, "kind": _check_kind(kind), "model": model_id,
                            "input": input_digest, "params": params, "storage": self.storage,
                            "code": code_fingerprint(kind), "software": software_versions()})
 
     @staticmethod
     def key_of(document: str) -> str:
+        """Return the key of a key document.
+
+        Parameters
+        ----------
+        document : str
+            As :meth:`key_document` returns it.
+
+        Returns
+        -------
+        str
+            The sha256 of its UTF-8 bytes, 64 hex digits.
+        """
         return hashlib.sha256(document.encode()).hexdigest()
 
     def path_of(self, kind: str, key: str) -> Path:
+        """Return the file of an entry: ``<root>/<kind>/<first two hex digits>/<key>.safetensors``.
+
+        Parameters
+        ----------
+        kind : str
+            A feature kind of :data:`KINDS`.
+        key : str
+            The entry's key (:meth:`key_of`).
+
+        Returns
+        -------
+        pathlib.Path
+            The path (whether or not the file exists).
+
+        Raises
+        ------
+        ValueError
+            When ``kind`` is unknown.
+        """
         return self.root / _check_kind(kind) / key[:2] / (key + SUFFIX)
 
     # -- one entry
     def load(self, kind: str, document: str, expect: Iterable[str] = ()) -> dict[str, torch.Tensor] | None:
-        """The tensors of the entry with this key document (float tensors as float32), or None if there is none.
+        """Return the tensors of the entry with this key document, or None if there is none.
 
-        A file that is there but unusable is warned about (:class:`CacheWarning`), removed, and reported as None.
+        A file that is there but unusable is warned about (:class:`CacheWarning`), removed, counted as ``corrupt``
+        and reported as None.
+
+        Parameters
+        ----------
+        kind : str
+            A feature kind of :data:`KINDS`.
+        document : str
+            The key document (:meth:`key_document`); must equal the one stored in the entry.
+        expect : iterable of str, default ()
+            Tensor names the entry must hold.
+
+        Returns
+        -------
+        dict of str to torch.Tensor or None
+            Owned copies, float tensors as float32.
         """
         path = self.path_of(kind, self.key_of(document))
         try:
@@ -284,10 +443,26 @@ class FeatureCache:
         return out
 
     def save(self, kind: str, document: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Store one entry atomically; returns the tensors as a later :meth:`load` will return them.
+        """Store one entry atomically.
 
         A failed write (disk full, read-only folder) is a :class:`CacheWarning`, not an error: the features are
-        still returned, the next run computes them again."""
+        still returned, the next run computes them again.
+
+        Parameters
+        ----------
+        kind : str
+            A feature kind of :data:`KINDS`.
+        document : str
+            The key document (:meth:`key_document`), stored in the entry.
+        tensors : dict of str to torch.Tensor
+            The entry's tensors (moved to the CPU; floating ones stored in the storage dtype).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            The tensors as a later :meth:`load` will return them (float tensors as float32, after the storage
+            rounding).
+        """
         from safetensors.torch import save as st_save
 
         stored, back = {}, {}
@@ -315,15 +490,59 @@ class FeatureCache:
     # -- many images
     def lookup(self, kind: str, model, params: dict, items: Sequence, *, expect: Iterable[str] = (),
                digests: Sequence[str] | None = None) -> "Lookup":
-        """Look every item up; see :class:`Lookup`. ``model`` is a Loaded* object, a module or an identity dict."""
+        """Look every item up; see :class:`Lookup`.
+
+        Parameters
+        ----------
+        kind : str
+            A feature kind of :data:`KINDS`.
+        model : LoadedModel or LoadedCNN or torch.nn.Module or dict
+            A Loaded* object, a module or an identity dict (:func:`model_identity`).
+        params : dict
+            The preprocessing and feature parameters of the key.
+        items : sequence
+            The images (anything :meth:`digest` takes); not read when ``digests`` is given.
+        expect : iterable of str, default ()
+            Tensor names every entry must hold.
+        digests : sequence of str, optional
+            The items' input digests, when already known (e.g. prompt digests for ``text``).
+
+        Returns
+        -------
+        Lookup
+            Hits loaded, misses listed.
+        """
         model_id = model if isinstance(model, dict) else model_identity(model)
         digests = list(digests) if digests is not None else [self.digest(it) for it in items]
         return Lookup(self, kind, [self.key_document(kind, model_id, d, params) for d in digests], tuple(expect))
 
     def compute_missing(self, kind: str, model, params: dict, items: Sequence, compute, *, names: Iterable[str],
                         digests: Sequence[str] | None = None) -> "Lookup":
-        """Look every item up, and for the misses call ``compute(positions)``, which returns ``{name: tensor}`` with
-        one row per given position (in that order); each row is stored. Returns the complete :class:`Lookup`."""
+        """Look every item up, compute the misses and store them.
+
+        Parameters
+        ----------
+        kind : str
+            A feature kind of :data:`KINDS`.
+        model : LoadedModel or LoadedCNN or torch.nn.Module or dict
+            As :meth:`lookup`.
+        params : dict
+            The preprocessing and feature parameters of the key.
+        items : sequence
+            The images, as :meth:`lookup`.
+        compute : callable
+            ``compute(positions)`` returns ``{name: tensor}`` with one row per given position (in that order); it
+            is called once, only when something is missing. Each row is stored.
+        names : iterable of str
+            The tensor names of an entry (expected on read, taken from ``compute``'s result).
+        digests : sequence of str, optional
+            As :meth:`lookup`.
+
+        Returns
+        -------
+        Lookup
+            Complete: every position can be read with :meth:`Lookup.get`.
+        """
         names = tuple(names)
         lk = self.lookup(kind, model, params, items, expect=names, digests=digests)
         if lk.missing:
@@ -342,7 +561,14 @@ class FeatureCache:
         return sorted(folder.glob("??/*" + SUFFIX + TMP_MARK + "*")) if folder.is_dir() else []
 
     def info(self) -> dict:
-        """``{"root": str, "kinds": {kind: {"entries", "bytes", "temp_files"}}, "entries", "bytes"}``."""
+        """Summarise what the cache folder holds.
+
+        Returns
+        -------
+        dict
+            ``{"root": str, "kinds": {kind: {"entries", "bytes", "temp_files"}}, "entries", "bytes"}`` (the last
+            two: totals over kinds).
+        """
         kinds = {}
         for kind in KINDS:
             files = self._entries(kind)
@@ -352,9 +578,26 @@ class FeatureCache:
                 "bytes": sum(k["bytes"] for k in kinds.values())}
 
     def clear(self, kind: str | None = None) -> dict:
-        """Delete the entries (and leftover temporary files) of one kind or of all; returns what was removed.
+        """Delete the entries (and leftover temporary files) of one kind or of all.
 
-        Only files named like cache entries inside ``<root>/<kind>/<xx>/`` are deleted, then empty folders."""
+        Only files named like cache entries inside ``<root>/<kind>/<xx>/`` are deleted, then empty folders.
+
+        Parameters
+        ----------
+        kind : str, optional
+            A feature kind of :data:`KINDS`; None: all kinds.
+
+        Returns
+        -------
+        dict
+            ``{"entries": int, "bytes": int}`` of the removed entries (temporary files are removed but not
+            counted).
+
+        Raises
+        ------
+        ValueError
+            When ``kind`` is unknown.
+        """
         kinds = KINDS if kind is None else (_check_kind(kind),)
         removed = {"entries": 0, "bytes": 0}
         for k in kinds:
@@ -382,7 +625,25 @@ class Lookup:
 
     ``keys[i]`` is item i's key; ``missing`` lists, once per distinct missing key, the position of its first item
     (identical files share one entry and are computed once). Compute the missing items, :meth:`store` each, then
-    :meth:`get` every position.
+    :meth:`get` every position. Made by :meth:`FeatureCache.lookup`, which loads the hits on construction.
+
+    Parameters
+    ----------
+    cache : FeatureCache
+        The cache to read and write.
+    kind : str
+        A feature kind of :data:`KINDS`.
+    documents : list of str
+        The key document of every item.
+    expect : tuple of str
+        Tensor names every entry must hold.
+
+    Attributes
+    ----------
+    keys : list of str
+        The key of every item.
+    missing : list of int
+        Positions of the first item of every distinct missing key.
     """
 
     def __init__(self, cache: FeatureCache, kind: str, documents: list[str], expect: tuple[str, ...]):
@@ -406,14 +667,51 @@ class Lookup:
                 stats["hits"] += 1
 
     def store(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Save the computed tensors of an item to the cache, and keep them as the cache will return them.
+
+        Parameters
+        ----------
+        index : int
+            The item's position (every item with the same key shares the entry).
+        tensors : dict of str to torch.Tensor
+            Its tensors.
+        """
         key = self.keys[index]
         self._entries[key] = self.cache.save(self.kind, self._documents[key], tensors)
 
     def get(self, index: int) -> dict[str, torch.Tensor]:
+        """Return the tensors of an item.
+
+        Parameters
+        ----------
+        index : int
+            The item's position.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Its entry, found or stored.
+
+        Raises
+        ------
+        KeyError
+            When the item is missing and was not stored.
+        """
         return self._entries[self.keys[index]]
 
     def stack(self, name: str) -> torch.Tensor:
-        """``torch.stack`` of tensor ``name`` over all positions (all must be stored or found)."""
+        """Stack one tensor over all positions (all must be stored or found).
+
+        Parameters
+        ----------
+        name : str
+            The tensor name.
+
+        Returns
+        -------
+        torch.Tensor
+            ``torch.stack`` of tensor ``name`` of every item, in item order.
+        """
         return torch.stack([self.get(i)[name] for i in range(len(self.keys))])
 
 
@@ -444,11 +742,39 @@ _TEXT_DEFAULT = object()
 
 def encode_prompts_cached(model, prompts: Sequence[str], *, cache: FeatureCache | None, tokenizer=None,
                           wrapper=_TEXT_DEFAULT, normalise: bool = True, **kwargs) -> torch.Tensor:
-    """:func:`zsad.text.encode_prompts` through the cache (kind ``text``), keyed by model and prompt content.
+    """Run :func:`zsad.text.encode_prompts` through the cache (kind ``text``), keyed by model and prompt content.
 
-    ``model`` is a :class:`~zsad.backbone.LoadedModel` (its tokenizer is used unless ``tokenizer`` is given).
-    ``wrapper`` and ``normalise`` are ``encode_prompts``' (default: FADE's wrapper, normalised) and part of the key.
-    Returns what ``encode_prompts`` returns; with ``cache=None`` it simply calls it.
+    One entry per prompt, so ensembles that share prompts encode each prompt once.
+
+    Parameters
+    ----------
+    model : LoadedModel or torch.nn.Module
+        A :class:`~zsad.backbone.LoadedModel` (its tokenizer is used unless ``tokenizer`` is given), or a module
+        (then pass ``tokenizer``).
+    prompts : sequence of str
+        The prompts; must not be empty when ``cache`` is given.
+    cache : FeatureCache or None
+        The cache; None simply calls ``encode_prompts``.
+    tokenizer : callable, optional
+        The tokenizer; default: ``model.tokenizer``.
+    wrapper : str or None, optional
+        ``encode_prompts``' wrapper (default: FADE's wrapper, ``zsad.text.FADE_WRAPPER``); part of the key.
+    normalise : bool, default True
+        ``encode_prompts``' L2 normalisation; part of the key.
+    **kwargs
+        Further arguments of ``encode_prompts`` (``batch_size``, ``context``); not part of the key.
+
+    Returns
+    -------
+    torch.Tensor
+        What ``encode_prompts`` returns, one row per prompt.
+
+    Raises
+    ------
+    ValueError
+        When no tokenizer is available, or ``prompts`` is empty with a cache.
+    TypeError
+        When ``model`` is not a module or loaded model.
     """
     from zsad.text import FADE_WRAPPER, encode_prompts
 

@@ -94,7 +94,23 @@ _HASH_IN_NAME = re.compile(r"^wide_resnet50_2-([0-9a-f]{8,64})\.pth?$")
 
 @dataclass
 class LoadedCNN(WeightsInfo):
-    """A torchvision WideResNet-50-2 in eval mode with what provenance needs to know about its weights."""
+    """A torchvision WideResNet-50-2 in eval mode with what provenance needs to know about its weights.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The network, in eval mode.
+    name : str
+        Architecture name (torchvision's, ``"wide_resnet50_2"``).
+    checkpoint : str or None
+        Absolute path of the weights file, None for random init.
+    sha256 : str
+        Checkpoint sha256, or ``"random"``.
+    seed : int
+        Seed of the random init.
+    random_note : str
+        What random weights mean for this model (class attribute, used by ``weights_label``).
+    """
 
     model: torch.nn.Module
     name: str  # architecture name (torchvision's)
@@ -106,11 +122,18 @@ class LoadedCNN(WeightsInfo):
 
     @property
     def device(self) -> torch.device:
+        """torch.device: the device of the model's (first) parameters."""
         return next(self.model.parameters()).device
 
 
 def default_cnn_checkpoint() -> str | None:
-    """The file named by ``$ZSAD_CNN_CHECKPOINT``, or None (random weights)."""
+    """Return the file named by ``$ZSAD_CNN_CHECKPOINT``, or None (random weights).
+
+    Returns
+    -------
+    str or None
+        The variable's value with surrounding white space stripped; None when it is unset or empty.
+    """
     value = os.environ.get(CNN_CHECKPOINT_ENV, "").strip()
     return value or None
 
@@ -121,13 +144,27 @@ def load_wide_resnet50(checkpoint: str | PathLike | None = None, seed: int = 0,
 
     Parameters
     ----------
-    checkpoint : path of torchvision's ImageNet state dict (``wide_resnet50_2-*.pth``), read with
-        ``torch.load(weights_only=True)`` and loaded strictly. None: random weights (torchvision's own init,
-        seeded; the caller's global RNG state is left untouched).
-    seed : seed of the random initialisation.
+    checkpoint : str or os.PathLike, optional
+        Path of torchvision's ImageNet state dict (``wide_resnet50_2-*.pth``), read with
+        ``torch.load(weights_only=True)`` and loaded strictly (floating tensors cast to float32). None: random
+        weights (torchvision's own init, seeded; the caller's global RNG state is left untouched).
+    seed : int, default 0
+        Seed of the random initialisation (recorded also when a checkpoint is loaded).
+    device : str or torch.device, default "cpu"
+        Where the model goes.
 
-    Raises ``CheckpointError`` naming the file when it is missing, unreadable, not a state dict, made for another
-    architecture, or when its sha256 does not start with the hash that its torchvision file name carries.
+    Returns
+    -------
+    LoadedCNN
+        The model in eval mode, with its provenance.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file when it is missing, unreadable, not a state dict, made for another architecture, or when
+        its sha256 does not start with the hash that its torchvision file name carries.
+    ValueError
+        When ``seed`` is not an int.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
@@ -164,7 +201,25 @@ def load_wide_resnet50(checkpoint: str | PathLike | None = None, seed: int = 0,
 
 @functools.lru_cache(maxsize=16)
 def imagenet_transform(size: int) -> transforms.Compose:
-    """``Resize((s, s), bicubic)`` -> ``ToTensor`` -> ``Normalize(ImageNet mean/std)`` (see the module docstring)."""
+    """Return the CNN transform ``Resize((s, s), bicubic)`` -> ``ToTensor`` -> ``Normalize(ImageNet mean/std)``.
+
+    See the module docstring; memoised per size.
+
+    Parameters
+    ----------
+    size : int
+        Output side in px, >= 32.
+
+    Returns
+    -------
+    torchvision.transforms.Compose
+        Maps an RGB PIL image to a (3, size, size) float32 tensor.
+
+    Raises
+    ------
+    ValueError
+        When ``size`` is not an int >= 32.
+    """
     if isinstance(size, bool) or not isinstance(size, int) or size < 32:
         raise ValueError(f"size must be an int >= 32, got {size!r}")
     return transforms.Compose([
@@ -175,7 +230,27 @@ def imagenet_transform(size: int) -> transforms.Compose:
 
 
 def imagenet_preprocess(image: Image.Image | str | PathLike | ImageRecord, size: int = 224) -> torch.Tensor:
-    """A ``(3, size, size)`` float32 CNN input from a PIL image, a path or an ``ImageRecord``."""
+    """Turn an image into a ``(3, size, size)`` float32 CNN input (:func:`imagenet_transform`).
+
+    Parameters
+    ----------
+    image : PIL.Image.Image or str or os.PathLike or ImageRecord
+        A PIL image (converted to RGB if needed), a path or a record (read with :func:`zsad.data.load_image`).
+    size : int, default 224
+        Output side in px.
+
+    Returns
+    -------
+    torch.Tensor
+        (3, size, size) float32.
+
+    Raises
+    ------
+    TypeError
+        When ``image`` is none of the accepted types.
+    ValueError
+        When ``size`` is not an int >= 32.
+    """
     if isinstance(image, ImageRecord):
         image = image.path
     if isinstance(image, (str, PathLike)):
@@ -204,6 +279,15 @@ def reproducible_convolutions(device: str | torch.device = "cpu"):
     are global to the process and restored on exit. A CUDA ``device`` changes nothing, and neither does CPU autocast
     (``autocast="bf16"``): torch's own bfloat16 convolution is about 20x slower than oneDNN's, so bf16 runs keep
     oneDNN and with it a thread-count dependence (bf16 differs from float32 far more than that anyway).
+
+    Parameters
+    ----------
+    device : str or torch.device, default "cpu"
+        The device the convolutions run on.
+
+    Yields
+    ------
+    None
     """
     if torch.device(device).type != "cpu" or torch.is_autocast_enabled("cpu"):
         yield
@@ -223,16 +307,38 @@ def _module_of(cnn) -> torch.nn.Module:
     model = cnn.model if isinstance(cnn, LoadedCNN) else cnn
     missing = [name for name in ("conv1", "bn1", "maxpool", *LAYERS) if not hasattr(model, name)]
     if not isinstance(model, torch.nn.Module) or missing:
-        raise TypeError(f"expected what zsad.cnn.load_cnn returns or a torchvision ResNet module, got "
+        raise TypeError(f"expected what zsad.cnn.load_wide_resnet50 returns or a torchvision ResNet module, got "
                         f"{type(cnn).__name__}" + (f" without {', '.join(missing)}" if missing else ""))
     return model
 
 
 def cnn_feature_maps(cnn: LoadedCNN | torch.nn.Module, pixels: torch.Tensor,
                      layers: Sequence[str] = ("layer2", "layer3")) -> dict[str, torch.Tensor]:
-    """Raw feature maps ``{layer: (N, C, h, w)}`` of a batch; the forward stops at the deepest requested layer.
+    """Return the raw feature maps of a batch; the forward stops at the deepest requested layer.
 
-    On the CPU it runs under :func:`reproducible_convolutions` (the same bits for any thread count and batch)."""
+    On the CPU it runs under :func:`reproducible_convolutions` (the same bits for any thread count and batch).
+
+    Parameters
+    ----------
+    cnn : LoadedCNN or torch.nn.Module
+        What :func:`load_wide_resnet50` returns, or a torchvision ResNet module.
+    pixels : torch.Tensor
+        (N, 3, H, W) normalised input on the model's device.
+    layers : sequence of str, default ("layer2", "layer3")
+        Distinct names from ``LAYERS``.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        ``{layer: (N, C, h, w)}``.
+
+    Raises
+    ------
+    ValueError
+        When ``layers`` is empty, repeats a name or names an unknown layer.
+    TypeError
+        When ``cnn`` is not a ResNet-style module.
+    """
     layers = _check_layers(layers)
     model = _module_of(cnn)
     out = {}
@@ -277,20 +383,52 @@ def extract_patch_features(
     cache=None,
     autocast: str | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """PatchCore's locally aware patch features of a list of images (module docstring).
-
-    ``cnn`` is what :func:`load_cnn` returns or a torchvision ResNet-style module itself (``conv1`` ...
-    ``layer4``); a bare module is identified in cache keys by hashing its weights.
-    ``records_or_pixels`` is a sequence of ``ImageRecord`` / paths / PIL images (read and preprocessed with
-    :func:`imagenet_preprocess` at ``size``, one batch at a time), or an ``(N, 3, H, W)`` tensor that is already
-    normalised (``size`` is then ignored). Returns ``(features, (h, w))``: float32 ``(N, h*w, dim)`` on the CPU and
-    the patch grid (the first layer's; 28x28 for layer2 at 224 px), positions in row-major order.
+    """Compute PatchCore's locally aware patch features of a list of images (module docstring).
 
     With a :class:`zsad.cache.FeatureCache` as ``cache``, each image (record, path or PIL image; a pixel tensor
     bypasses the cache) is looked up first (kind ``cnn``, keyed by weights, image content, size, ImageNet mean/std,
     layers and dim); the network runs only on the misses and the result is the same (bit-identical with float32
-    storage). ``autocast`` (None, ``"bf16"``, ``"fp16"``) as in :func:`zsad.features.extract_tokens`; part of the
-    cache key.
+    storage).
+
+    Parameters
+    ----------
+    cnn : LoadedCNN or torch.nn.Module
+        What :func:`load_wide_resnet50` returns or a torchvision ResNet-style module itself (``conv1`` ...
+        ``layer4``); a bare module is identified in cache keys by hashing its weights.
+    records_or_pixels : sequence of ImageRecord, path or PIL.Image.Image, or torch.Tensor
+        Images (read and preprocessed with :func:`imagenet_preprocess` at ``size``, one batch at a time), or an
+        ``(N, 3, H, W)`` tensor that is already normalised (``size`` is then ignored). Must not be empty.
+    size : int, default 224
+        Input side in px.
+    layers : sequence of str, default ("layer2", "layer3")
+        The tapped layers; the first one's grid is the patch grid.
+    dim : int, default 1024
+        Feature dimension, a positive multiple of ``len(layers)`` (``dim / len(layers)`` channels per layer).
+    batch_size : int, default 8
+        Images per forward pass.
+    progress : bool, default True
+        Show a tqdm progress bar.
+    desc : str, default "cnn features"
+        Label of the progress bar.
+    cache : zsad.cache.FeatureCache, optional
+        Feature cache to look images up in and store the misses to.
+    autocast : {None, "bf16", "fp16"}, optional
+        As in :func:`zsad.features.extract_tokens`; part of the cache key.
+
+    Returns
+    -------
+    features : torch.Tensor
+        float32 ``(N, h*w, dim)`` on the CPU, positions in row-major order.
+    grid : tuple of (int, int)
+        The patch grid ``(h, w)`` (the first layer's; 28x28 for layer2 at 224 px).
+
+    Raises
+    ------
+    ValueError
+        On invalid ``layers``, ``dim``, ``batch_size`` or pixel shape, an empty input, or (with a cache) cached
+        features that disagree on the grid.
+    TypeError
+        When ``cnn`` is not a ResNet-style module or an image is of an unsupported type.
     """
     from zsad.features import autocast_context
 

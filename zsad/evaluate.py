@@ -19,11 +19,37 @@ def _ci_rows(point: dict, ci: dict) -> list[tuple[str, float, float, float]]:
 
 
 def class_metrics(labels, scores, masks=None, maps=None, *, n_boot: int = 200, seed: int = 0, histograms=None):
-    """Metrics of one class as ``[(metric, value, ci_low, ci_high), ...]``.
+    """Compute the metrics of one class, with bootstrap intervals.
 
     Pixel metrics are computed when the class has at least one defect pixel; intervals are percentile bootstrap
-    intervals over the class's images (``n_boot`` = 0: no intervals, NaN). ``histograms``: the class's
-    :func:`zsad.metrics.pixel_histograms` when already computed.
+    intervals over the class's images.
+
+    Parameters
+    ----------
+    labels : array_like
+        (N,) image labels, 1 = anomalous.
+    scores : array_like
+        (N,) image anomaly scores.
+    masks : array_like, optional
+        (N, H, W) ground-truth defect masks.
+    maps : array_like, optional
+        (N, H, W) anomaly maps; needed when ``masks`` holds a defect pixel.
+    n_boot : int, default 200
+        Bootstrap replicates; 0: no intervals (NaN).
+    seed : int, default 0
+        Seed of the bootstrap.
+    histograms : zsad.metrics.PixelHistograms, optional
+        The class's :func:`zsad.metrics.pixel_histograms` when already computed.
+
+    Returns
+    -------
+    list of tuple
+        ``[(metric, value, ci_low, ci_high), ...]``: the image metrics, then the pixel metrics if any.
+
+    Raises
+    ------
+    ValueError
+        As the functions of :mod:`zsad.metrics` (e.g. :class:`zsad.metrics.OneClassError` for a one-label class).
     """
     point = metrics.image_metrics(labels, scores)
     ci = metrics.image_metrics_ci(labels, scores, n_boot=n_boot, seed=seed) if n_boot else {}
@@ -36,7 +62,23 @@ def class_metrics(labels, scores, masks=None, maps=None, *, n_boot: int = 200, s
 
 
 def check_n_boot(n_boot) -> int:
-    """``n_boot`` as an int >= 0 (0: no intervals), or a ``ValueError`` saying so."""
+    """Check a number of bootstrap replicates.
+
+    Parameters
+    ----------
+    n_boot : int
+        Replicates; 0: no intervals.
+
+    Returns
+    -------
+    int
+        ``n_boot`` as an int >= 0.
+
+    Raises
+    ------
+    ValueError
+        When ``n_boot`` is not an integer (bools excluded) >= 0.
+    """
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ValueError(f"n_boot (--n-boot) must be an integer >= 0 (0: no intervals), got {n_boot!r}")
     return int(n_boot)
@@ -44,11 +86,40 @@ def check_n_boot(n_boot) -> int:
 
 def metrics_table(pred: dict, *, dataset: str, method: str, setting: str, shots: int, seed: int,
                   n_boot: int = 200, boot_seed: int = 0) -> pd.DataFrame:
-    """Tidy metrics (columns :data:`zsad.results.METRIC_COLUMNS`) for predictions of one or more classes.
+    """Build the tidy metrics table for predictions of one or more classes.
 
-    ``pred`` holds ``classes``, ``labels``, ``scores`` and optionally ``masks``/``maps`` (N, H, W). The ``mean`` rows
-    are the unweighted means over classes (as every paper reports), with intervals too: images resampled over all
-    classes at once, every class's metric recomputed and averaged.
+    The ``mean`` rows are the unweighted means over classes (as every paper reports) of the metrics every class
+    has, with intervals too: images resampled over all classes at once, every class's metric recomputed and
+    averaged (pixel intervals of the mean only when every class has pixel metrics).
+
+    Parameters
+    ----------
+    pred : dict
+        ``classes``, ``labels``, ``scores`` (N,) and optionally ``masks``/``maps`` (N, H, W).
+    dataset : str
+        Dataset name of the rows.
+    method : str
+        Method name of the rows.
+    setting : str
+        Setting of the rows (the study writes e.g. ``"0-shot"``, ``"4-shot"``, possibly with a variant).
+    shots : int
+        Number of reference images.
+    seed : int
+        The run's seed (recorded in the rows).
+    n_boot : int, default 200
+        Bootstrap replicates; 0: no intervals (NaN).
+    boot_seed : int, default 0
+        Seed of the bootstrap.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`zsad.results.METRIC_COLUMNS`; one row per class and metric, then the ``mean`` rows.
+
+    Raises
+    ------
+    ValueError
+        When ``n_boot`` is invalid, or as the functions of :mod:`zsad.metrics`.
     """
     check_n_boot(n_boot)
     classes = np.asarray(pred["classes"], dtype=str)
@@ -99,7 +170,27 @@ def evaluate_predictions(path, *, n_boot: int = 200, seed: int = 0) -> pd.DataFr
     """Recompute the metrics table from a ``predictions.npz`` (or a run folder holding one).
 
     The run's dataset, method, setting, shots and seed are read from the ``provenance.json`` beside the file when
-    there is one, so the result can be compared row by row with the run's own ``metrics.csv``.
+    there is one (``"unknown"`` / 0 otherwise), so the result can be compared row by row with the run's own
+    ``metrics.csv``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``predictions.npz`` or a run folder holding one.
+    n_boot : int, default 200
+        Bootstrap replicates; 0: no intervals.
+    seed : int, default 0
+        Seed of the bootstrap.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`metrics_table`.
+
+    Raises
+    ------
+    ValueError
+        When ``n_boot`` is invalid, or as :func:`metrics_table`.
     """
     check_n_boot(n_boot)
     path = Path(path)

@@ -343,11 +343,26 @@ def aupr(labels, scores) -> float:
     """Trapezoidal area under the precision-recall curve (FADE's "AUPR").
 
     Equals ``sklearn.metrics.auc(recall, precision)`` on the output of
-    ``sklearn.metrics.precision_recall_curve``.  Parameters, raises as :func:`auroc`.
+    ``sklearn.metrics.precision_recall_curve``.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_samples,) or any shape
+        Ground truth, 1/True = anomalous.
+    scores : array-like of the same shape as ``labels``
+        Anomaly scores, higher = more anomalous.
 
     Returns
     -------
     float
+        AUPR in [0, 1].
+
+    Raises
+    ------
+    OneClassError
+        If only one class is present.
+    ValueError
+        On empty input, shape mismatch, non-finite scores or labels not in {0, 1}.
 
     Examples
     --------
@@ -362,11 +377,25 @@ def average_precision(labels, scores) -> float:
     """Step-wise average precision (equals ``sklearn.metrics.average_precision_score``).
 
     ``AP = sum_k (R_k - R_{k-1}) P_k`` over distinct thresholds in descending order.
-    Parameters, raises as :func:`auroc`.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_samples,) or any shape
+        Ground truth, 1/True = anomalous.
+    scores : array-like of the same shape as ``labels``
+        Anomaly scores, higher = more anomalous.
 
     Returns
     -------
     float
+        AP in [0, 1].
+
+    Raises
+    ------
+    OneClassError
+        If only one class is present.
+    ValueError
+        On empty input, shape mismatch, non-finite scores or labels not in {0, 1}.
 
     Examples
     --------
@@ -380,12 +409,26 @@ def average_precision(labels, scores) -> float:
 def f1_max(labels, scores) -> float:
     """Maximum F1 over the points of the precision-recall curve.
 
-    ``max 2 P R / (P + R)``, with 0 where ``P + R = 0``.  Parameters, raises as
-    :func:`auroc`.
+    ``max 2 P R / (P + R)``, with 0 where ``P + R = 0``.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_samples,) or any shape
+        Ground truth, 1/True = anomalous.
+    scores : array-like of the same shape as ``labels``
+        Anomaly scores, higher = more anomalous.
 
     Returns
     -------
     float
+        F1-max in [0, 1].
+
+    Raises
+    ------
+    OneClassError
+        If only one class is present.
+    ValueError
+        On empty input, shape mismatch, non-finite scores or labels not in {0, 1}.
 
     Examples
     --------
@@ -549,11 +592,16 @@ def evaluate_class(labels, scores, masks=None, maps=None, *,
     Parameters
     ----------
     labels : array-like of shape (N,)
+        1/True = anomalous image.
     scores : array-like of shape (N,)
+        Image anomaly scores.
     masks : array-like of shape (N, H, W), optional
+        Ground-truth defect masks (bool or 0/1).
     maps : array-like of shape (N, H, W), optional
-        Give both or neither.  Image ``i`` must be the same image in all four inputs.
+        Anomaly maps at the masks' resolution.  Give both ``masks`` and ``maps`` or neither.  Image ``i`` must be
+        the same image in all four inputs.
     pro_limit : float, default 0.3
+        FPR integration limit of ``pro``.
 
     Returns
     -------
@@ -592,6 +640,7 @@ def mean_over_classes(per_class: Mapping[str, Mapping[str, float]]) -> dict[str,
     Parameters
     ----------
     per_class : mapping of class name -> mapping of metric name -> float
+        The metrics of each class (e.g. :func:`evaluate_class` outputs); every class must report the same metrics.
 
     Returns
     -------
@@ -695,10 +744,12 @@ def bootstrap_ci(metric_fn: Callable, *arrays, n_boot: int = 1000, alpha: float 
     *arrays : array-like
         Indexed along the first axis, all of the same length.
     n_boot : int, default 1000
+        Number of (valid) bootstrap replicates.
     alpha : float, default 0.05
         The interval covers ``1 - alpha``: quantiles ``alpha/2`` and ``1 - alpha/2`` of
         the replicates (``numpy.quantile``, linear interpolation).
     seed : int, default 0
+        Seed of ``numpy.random.default_rng``.
 
     Returns
     -------
@@ -742,16 +793,29 @@ def image_metrics_ci(labels, scores, n_boot: int = 1000, seed: int = 0, *, alpha
 
     Parameters
     ----------
-    labels, scores : array-like of shape (n_images,)
+    labels : array-like of shape (n_images,)
+        1/True = anomalous image.
+    scores : array-like of shape (n_images,)
+        Image anomaly scores.
     n_boot : int, default 1000
+        Number of (valid) bootstrap replicates.
     seed : int, default 0
+        Seed of ``numpy.random.default_rng``.
     alpha : float, default 0.05
+        The interval covers ``1 - alpha`` (percentile interval).
 
     Returns
     -------
     dict
         metric name -> ``(low, high)``.  One-class resamples are redrawn, see
         :func:`bootstrap_ci`.
+
+    Raises
+    ------
+    OneClassError
+        If the full data holds only one class.
+    ValueError
+        As :func:`image_metrics` and :func:`bootstrap_ci`.
     """
     return bootstrap_ci(image_metrics, labels, scores, n_boot=n_boot, alpha=alpha, seed=seed)
 
@@ -811,20 +875,36 @@ def pixel_metrics_ci(masks, maps, n_boot: int = 1000, seed: int = 0, *, alpha: f
 
     Parameters
     ----------
-    masks, maps : array-like of shape (N, H, W)
+    masks : array-like of shape (N, H, W)
+        Ground-truth defect masks (bool or 0/1).
+    maps : array-like of shape (N, H, W)
+        Anomaly maps.
     n_boot : int, default 1000
+        Number of (valid) bootstrap replicates.
     seed : int, default 0
+        Seed of ``numpy.random.default_rng``.
     alpha : float, default 0.05
+        The interval covers ``1 - alpha`` (percentile interval).
     pro_limit : float, default 0.3
+        FPR integration limit of ``pro``.
     n_bins : int, default 4096
         Number of codes for non-uint8 maps.
     histograms : PixelHistograms, optional
-        :func:`pixel_histograms` of these masks and maps when already computed (``n_bins`` is then theirs).
+        :func:`pixel_histograms` of these masks and maps when already computed (``masks``, ``maps`` and
+        ``n_bins`` are then not used).
 
     Returns
     -------
     dict
         ``{"pauroc", "pf1_max", "pro"}`` -> ``(low, high)``.
+
+    Raises
+    ------
+    OneClassError
+        If there is no defect pixel or no normal pixel.
+    ValueError
+        On bad masks or maps (as :func:`pixel_metrics`), ``n_bins`` < 2, invalid ``n_boot``, ``alpha`` or
+        ``pro_limit``, or too few resamples with both classes.
     """
     n_boot, alpha = _check_boot(n_boot, alpha)
     pro_limit = _check_limit(pro_limit)
@@ -840,9 +920,25 @@ def pixel_metrics_ci(masks, maps, n_boot: int = 1000, seed: int = 0, *, alpha: f
 
 @dataclass(frozen=True)
 class PixelHistograms:
-    """Every image of a class reduced to histograms over ordered score codes: defect pixels ``h_pos``, normal
-    pixels ``h_neg`` and PRO weights ``h_w`` (sum of ``1/|region|``), each (N, n_codes); ``n_regions``, ``npos``
-    and ``nneg`` per image. A bootstrap resample is then a weighted sum of rows (see :func:`pixel_metrics_ci`)."""
+    """Every image of a class reduced to histograms over ordered score codes.
+
+    A bootstrap resample is then a weighted sum of rows (see :func:`pixel_metrics_ci`).
+
+    Attributes
+    ----------
+    h_pos : numpy.ndarray
+        (N, n_codes) float64 counts of each image's defect pixels per code.
+    h_neg : numpy.ndarray
+        (N, n_codes) float64 counts of each image's normal pixels per code.
+    h_w : numpy.ndarray
+        (N, n_codes) PRO weights per code (sum of ``1/|region|`` over the defect pixels with that code).
+    n_regions : numpy.ndarray
+        (N,) number of defect regions (8-connected) per image.
+    npos : numpy.ndarray
+        (N,) number of defect pixels per image.
+    nneg : numpy.ndarray
+        (N,) number of normal pixels per image.
+    """
 
     h_pos: np.ndarray
     h_neg: np.ndarray
@@ -853,7 +949,28 @@ class PixelHistograms:
 
 
 def pixel_histograms(masks, maps, n_bins: int = 4096) -> PixelHistograms:
-    """:class:`PixelHistograms` of one class's masks and maps (N, H, W); codes as in :func:`pixel_metrics_ci`."""
+    """Reduce one class's masks and maps to :class:`PixelHistograms` (codes as in :func:`pixel_metrics_ci`).
+
+    Parameters
+    ----------
+    masks : array-like of shape (N, H, W)
+        Ground-truth defect masks (bool or 0/1).
+    maps : array-like of shape (N, H, W)
+        Anomaly maps; ``uint8`` maps are their own codes (exact).
+    n_bins : int, default 4096
+        Number of codes for non-uint8 maps.
+
+    Returns
+    -------
+    PixelHistograms
+
+    Raises
+    ------
+    OneClassError
+        If there is no defect pixel or no normal pixel.
+    ValueError
+        On shape mismatch, bad masks, non-finite maps or ``n_bins`` not an integer >= 2.
+    """
     masks, maps = _check_pixels(masks, maps)
     if int(n_bins) != n_bins or n_bins < 2:
         raise ValueError(f"n_bins must be an integer >= 2; got {n_bins}")
@@ -913,6 +1030,30 @@ def class_mean_pixel_metrics_ci(histograms: Mapping[str, PixelHistograms], n_boo
     as for the class-mean image metrics; each class's metrics are computed from its own images in the resample
     and averaged. A resample in which some class has no defect or no normal pixel is redrawn. Each class's
     ``histograms`` come from :func:`pixel_histograms`, so the cost per resample is that of the per-class intervals.
+
+    Parameters
+    ----------
+    histograms : mapping of class name -> PixelHistograms
+        Each class's :func:`pixel_histograms`.
+    n_boot : int, default 1000
+        Number of (valid) bootstrap replicates.
+    seed : int, default 0
+        Seed of ``numpy.random.default_rng``.
+    alpha : float, default 0.05
+        The interval covers ``1 - alpha`` (percentile interval).
+    pro_limit : float, default 0.3
+        FPR integration limit of ``pro``.
+
+    Returns
+    -------
+    dict
+        ``{"pauroc", "pf1_max", "pro"}`` -> ``(low, high)`` of the class means.
+
+    Raises
+    ------
+    ValueError
+        If ``histograms`` is empty, ``n_boot``, ``alpha`` or ``pro_limit`` is invalid, or too few resamples hold
+        both classes in every class.
     """
     n_boot, alpha = _check_boot(n_boot, alpha)
     pro_limit = _check_limit(pro_limit)

@@ -23,8 +23,19 @@ from typing import Any, NamedTuple
 
 
 class Parameter(NamedTuple):
-    """One run parameter of the study chapters: its name, default, the comment beside it in the ``parameters``
-    cell, and whether an empty value (``""``, ``0``) means ``None`` for :func:`zsad.grids.run_settings`."""
+    """One run parameter of the study chapters.
+
+    Attributes
+    ----------
+    name : str
+        The variable name in the ``parameters`` cell.
+    default : Any
+        Its default value.
+    comment : str
+        The comment beside it in the ``parameters`` cell.
+    empty_is_none : bool, default False
+        Whether an empty value (``""``, ``0``) means ``None`` for :func:`zsad.grids.run_settings`.
+    """
 
     name: str
     default: Any
@@ -60,10 +71,26 @@ def _literal(value) -> str:
 
 
 def run_parameters_block(defaults: dict | None = None, comments: dict | None = None) -> str:
-    """The lines a study chapter's ``parameters`` cell starts with, one ``name = default  # comment`` each.
+    """Return the lines a study chapter's ``parameters`` cell starts with, one ``name = default  # comment`` each.
 
-    ``defaults`` and ``comments`` override the shared ones by name, for a chapter whose defaults differ (t06 runs
-    only ``magnetic_tile``, t08 one seed).
+    Parameters
+    ----------
+    defaults : dict, optional
+        Defaults that override the shared ones by name, for a chapter whose defaults differ (t06 runs only
+        ``magnetic_tile``, t08 one seed).
+    comments : dict, optional
+        Comments that override the shared ones by name.
+
+    Returns
+    -------
+    str
+        The lines in the order of :data:`RUN_PARAMETERS`, joined by newlines (strings in double quotes, other
+        values as ``repr``).
+
+    Raises
+    ------
+    ValueError
+        When ``defaults`` or ``comments`` names a parameter that is not a run parameter.
     """
     defaults, comments = defaults or {}, comments or {}
     unknown = sorted((set(defaults) | set(comments)) - set(RUN_NAMES))
@@ -74,12 +101,31 @@ def run_parameters_block(defaults: dict | None = None, comments: dict | None = N
 
 
 def run_arguments(namespace: dict, keep=()) -> dict:
-    """The keyword arguments of :func:`zsad.grids.run_settings` (and ``run_grid``) from a chapter's run parameters.
+    """Return the keyword arguments of :func:`zsad.grids.run_settings` (and ``run_grid``) from a chapter's run
+    parameters.
 
-    ``namespace`` is the notebook's ``globals()``. A ``preset`` (:data:`zsad.preset.PRESETS`) replaces the values
-    it sets, except those named in ``keep`` (the gallery keeps its one seed); an empty ``checkpoint``,
-    ``max_images``, ``results_dir`` or ``autocast`` becomes ``None`` (the default: ``$ZSAD_CHECKPOINT`` or random
-    weights, all images, ``results/``, float32).
+    A ``preset`` (:data:`zsad.preset.PRESETS`) replaces the values it sets, except those named in ``keep`` (the
+    gallery keeps its one seed); an empty ``checkpoint``, ``max_images``, ``results_dir`` or ``autocast`` becomes
+    ``None`` (the default: ``$ZSAD_CHECKPOINT`` or random weights, all images, ``results/``, float32).
+
+    Parameters
+    ----------
+    namespace : dict
+        The notebook's ``globals()``; must define every run parameter.
+    keep : iterable of str, default ()
+        Run parameters the preset does not replace.
+
+    Returns
+    -------
+    dict
+        Every run parameter but ``preset``, by name.
+
+    Raises
+    ------
+    NameError
+        When ``namespace`` lacks a run parameter.
+    ValueError
+        When ``preset`` is not a known preset.
     """
     from zsad.preset import preset_parameters
 
@@ -98,11 +144,16 @@ def run_arguments(namespace: dict, keep=()) -> dict:
 def check_parameters(namespace: dict, names, *, run: bool = False) -> None:
     """Refuse a parameter the chapter does not have (papermill itself only warns, and the defaults would run).
 
+    Names starting with ``_``, IPython's own names and modules are not parameters.
+
     Parameters
     ----------
-    namespace : the notebook's ``globals()``, right after the ``parameters`` cell and papermill's injected cell.
-    names : the chapter's own parameter names (those its ``parameters`` cell assigns).
-    run : the chapter also has the common run parameters (:data:`RUN_PARAMETERS`).
+    namespace : dict
+        The notebook's ``globals()``, right after the ``parameters`` cell and papermill's injected cell.
+    names : iterable of str
+        The chapter's own parameter names (those its ``parameters`` cell assigns).
+    run : bool, default False
+        The chapter also has the common run parameters (:data:`RUN_PARAMETERS`).
 
     Raises
     ------
@@ -133,7 +184,18 @@ class OutOfSync(RuntimeError):
 
 
 def read_source(path) -> "nbformat.NotebookNode":  # noqa: F821
-    """A chapter's MyST markdown source as a notebook without outputs (read by MyST-NB, Jupyter Book's reader)."""
+    """Read a chapter's MyST markdown source as a notebook without outputs (with MyST-NB, Jupyter Book's reader).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.md`` source.
+
+    Returns
+    -------
+    nbformat.NotebookNode
+        The notebook; jupytext's ``text_representation`` metadata (which describes the ``.md``) is dropped.
+    """
     from myst_nb.core.read import read_myst_markdown_notebook
 
     nb = read_myst_markdown_notebook(Path(path).read_text(encoding="utf-8"), path=path)
@@ -142,8 +204,18 @@ def read_source(path) -> "nbformat.NotebookNode":  # noqa: F821
 
 
 def cell_inputs(nb) -> list[tuple[str, str, tuple]]:
-    """What a source and its executed notebook share, cell by cell: type, source and tags (no outputs, no
-    execution metadata)."""
+    """Return what a source and its executed notebook share, cell by cell.
+
+    Parameters
+    ----------
+    nb : nbformat.NotebookNode
+        A notebook.
+
+    Returns
+    -------
+    list of tuple of (str, str, tuple)
+        Per cell: type, source and tags (no outputs, no execution metadata).
+    """
     return [(c.cell_type, c.source, tuple(c.metadata.get("tags", ()))) for c in nb.cells]
 
 
@@ -171,6 +243,19 @@ def sync(source, target=None) -> Path:
 
     A cell whose type and source the old notebook already has keeps its outputs and id; a new one gets an id from
     its content (so re-runs do not renumber). Notebook metadata other than ``kernelspec`` and ``jupytext`` is kept.
+    The result is validated and written atomically.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        The ``.md`` chapter.
+    target : str or os.PathLike, optional
+        The notebook to write; None: ``source`` with the suffix ``.ipynb``.
+
+    Returns
+    -------
+    pathlib.Path
+        The written notebook.
 
     Raises
     ------
@@ -209,10 +294,21 @@ PAPERMILL_TIMINGS = ("start_time", "end_time", "duration")
 
 
 def normalise(path) -> Path:
-    """Drop what differs on every execution from an executed notebook: papermill's start/end times and durations
-    (notebook and cells), the kernel's per-cell execution timestamps, and the empty ``tags`` papermill adds.
+    """Drop what differs on every execution from an executed notebook, in place.
 
-    Outputs, execution counts and papermill's record of the parameters stay; nbval and the book read neither.
+    That is papermill's start/end times and durations (notebook and cells), the kernel's per-cell execution
+    timestamps, and the empty ``tags`` papermill adds. Outputs, execution counts and papermill's record of the
+    parameters stay; nbval and the book read neither.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The executed ``.ipynb`` (rewritten atomically).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
     """
     import nbformat
 
@@ -230,6 +326,21 @@ def normalise(path) -> Path:
 
 
 def main(argv=None) -> int:
+    """Run ``python -m zsad.notebook {sync SOURCE.md ... | normalise NOTEBOOK.ipynb ...}``.
+
+    ``sync`` takes each path with its suffix replaced by ``.md``. Prints each written path.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments; None: ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        Exit status: 0 done, 1 a path failed (:class:`OutOfSync` or an OS error; later paths are not processed),
+        2 usage error.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     steps = {"sync": lambda p: sync(Path(p).with_suffix(".md")), "normalise": normalise}
     if not argv or argv[0] not in steps or len(argv) < 2:

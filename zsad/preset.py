@@ -31,26 +31,77 @@ _SIZES = (240, 448, 896)
 
 
 def preset_parameters(name: str) -> dict:
-    """The run parameters a preset sets (a copy)."""
+    """Return the run parameters a preset sets.
+
+    Parameters
+    ----------
+    name : {"default", "paper"}
+        The preset.
+
+    Returns
+    -------
+    dict
+        A copy of ``PRESETS[name]``.
+
+    Raises
+    ------
+    ValueError
+        When ``name`` is not a preset.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return dict(PRESETS[name])
 
 
 def token_bytes_per_image(sizes=_SIZES, dim: int = _VITB_DIM, streams: int = 2) -> int:
-    """Bytes of the feature cache's token entries of one image (float32)."""
+    """Return the bytes of the feature cache's token entries of one image (float32).
+
+    Each size ``s`` holds ``1 + (s // 16) ** 2`` tokens (CLS and patches, patch size 16) of ``dim`` floats per stream.
+
+    Parameters
+    ----------
+    sizes : sequence of int, default (240, 448, 896)
+        Input sizes in px.
+    dim : int, default 640
+        Token dimension (ViT-B-16-plus-240's embedding width).
+    streams : int, default 2
+        Token streams (CLIP and GEM).
+
+    Returns
+    -------
+    int
+        Bytes per image.
+    """
     return sum((1 + (s // 16) ** 2) * dim * 4 * streams for s in sizes)
 
 
 @dataclass
 class StudyCheck:
-    """What :func:`check_study` found: ``missing`` stops the study; ``random`` rows run but say RANDOM."""
+    """What :func:`check_study` found: ``missing`` stops the study; ``random`` rows run but say RANDOM.
+
+    Attributes
+    ----------
+    missing : list of str, default []
+        What is missing and fatal, one line each.
+    random : list of str, default []
+        What is missing but allowed (those rows run with random weights), one line each.
+    counts : dict, default {}
+        Dataset name -> (classes, test images, train images).
+    """
 
     missing: list[str] = field(default_factory=list)
     random: list[str] = field(default_factory=list)
     counts: dict = field(default_factory=dict)  # dataset -> (classes, test images, train images)
 
     def report(self) -> str:
+        """Format the findings as text.
+
+        Returns
+        -------
+        str
+            One line per dataset count, a projection of the feature pass's cost (FLOPs, CPU and GPU hours, token
+            cache size) when there are test images, then the RANDOM and missing lines.
+        """
         lines = []
         for name, (classes, test, train) in self.counts.items():
             lines.append(f"{name}: {classes} classes, {test} test and {train} train images")
@@ -69,8 +120,29 @@ class StudyCheck:
 
 
 def study_files(checkpoint=None, mvtec_root=None, visa_root=None, cnn_checkpoint=None, detector=None) -> dict:
-    """The files of a paper-scale study as paths (None where there is none): the arguments, else the defaults
-    every command uses (``$ZSAD_CHECKPOINT``, ``$ZSAD_MVTEC_ROOT``, ``$ZSAD_VISA_ROOT``, ``$ZSAD_CNN_CHECKPOINT``)."""
+    """Return the files of a paper-scale study as paths (None where there is none).
+
+    Each is the argument, else the default every command uses (``$ZSAD_CHECKPOINT``, ``$ZSAD_MVTEC_ROOT``,
+    ``$ZSAD_VISA_ROOT``, ``$ZSAD_CNN_CHECKPOINT``); the detector has no default. ``~`` is expanded in arguments.
+
+    Parameters
+    ----------
+    checkpoint : str or os.PathLike, optional
+        The CLIP checkpoint.
+    mvtec_root : str or os.PathLike, optional
+        The MVTec AD root.
+    visa_root : str or os.PathLike, optional
+        The VisA root.
+    cnn_checkpoint : str or os.PathLike, optional
+        PatchCore's WideResNet-50 file.
+    detector : str or os.PathLike, optional
+        The Grounding DINO folder of Cheung et al.
+
+    Returns
+    -------
+    dict
+        ``checkpoint``, ``mvtec_root``, ``visa_root``, ``cnn_checkpoint``, ``detector`` -> pathlib.Path or None.
+    """
     from zsad.backbone import default_checkpoint
     from zsad.cnn import default_cnn_checkpoint
 
@@ -88,7 +160,18 @@ def check_study(checkpoint=None, mvtec_root=None, visa_root=None, cnn_checkpoint
 
     Missing and fatal: the CLIP checkpoint (argument or ``$ZSAD_CHECKPOINT``), a dataset root that is not there
     or does not load. Missing but allowed (those rows say RANDOM): the WideResNet-50 file of PatchCore
-    (``$ZSAD_CNN_CHECKPOINT``) and the Grounding DINO folder of Cheung et al.
+    (``$ZSAD_CNN_CHECKPOINT``) and the Grounding DINO folder of Cheung et al.; a file or folder that is named but
+    not there is fatal.
+
+    Parameters
+    ----------
+    checkpoint, mvtec_root, visa_root, cnn_checkpoint, detector : str or os.PathLike, optional
+        As :func:`study_files`.
+
+    Returns
+    -------
+    StudyCheck
+        The fatal and allowed gaps, and the datasets' class and image counts.
     """
     from zsad.data import load_dataset
 
@@ -134,11 +217,35 @@ def _chapter_values(files: dict, results_dir: str) -> dict:
 
 
 def run_study(out_dir="_study", results_dir="results/paper", executor: str = "local", **check_args) -> Path:
-    """Check (:func:`check_study`), then execute every chapter under the paper preset into ``out_dir`` (a copy of
-    the book's sources; the repository's own notebooks stay as they are) and build the book there.
+    """Check the study, execute every chapter under the paper preset and build the book.
 
-    Finished run folders that match are reused (``resume``), so an interrupted study continues where it stopped.
-    Returns the path of the built book's ``index.html``.
+    After :func:`check_study` (its report is printed), every chapter ``notebooks/t*.ipynb`` is executed with
+    papermill into ``out_dir`` (a copy of the book's sources; the repository's own notebooks stay as they are) and
+    the book is built there with ``jupyter-book build -W -n --keep-going``. Finished run folders that match are
+    reused (``resume``), so an interrupted study continues where it stopped.
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike, default "_study"
+        Folder of the copy of the book.
+    results_dir : str or os.PathLike, default "results/paper"
+        Run folders' root, passed to the chapters.
+    executor : str, default "local"
+        How the chapters run their tables of runs (passed to the chapters that take it).
+    **check_args
+        ``checkpoint``, ``mvtec_root``, ``visa_root``, ``cnn_checkpoint``, ``detector`` (:func:`study_files`).
+
+    Returns
+    -------
+    pathlib.Path
+        The built book's ``index.html``.
+
+    Raises
+    ------
+    ValueError
+        When the check finds something fatal missing.
+    subprocess.CalledProcessError
+        When the book build fails.
     """
     import shutil
     import subprocess

@@ -104,20 +104,60 @@ def _window_forward(visual: nn.Module, x: torch.Tensor, mask: torch.Tensor, max_
 
 def encode_windows(model: nn.Module, pixels: torch.Tensor, scales: Sequence[int] = DEFAULT_SCALES,
                    stride: int = 1, *, max_sequences: int = MAX_SEQUENCES) -> dict[int, torch.Tensor]:
-    """Window embeddings of a batch of images: ``{scale: (B, n_windows, D)}``, after ``proj``, NOT normalised.
+    """Return the window embeddings of a batch of images, after ``proj``, NOT normalised.
 
-    ``pixels`` are (B, 3, H, W) CLIP-normalised floats (H, W multiples of the patch size; another grid than the
-    native one resizes the positional embedding as :func:`zsad.gem.encode_tokens` does). Windows are those of
-    :func:`window_masks` on the image's patch grid. Call under ``torch.inference_mode()`` or ``no_grad``.
+    Windows are those of :func:`window_masks` on the image's patch grid. Call under ``torch.inference_mode()`` or
+    ``no_grad``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        An open_clip CLIP model (or its visual tower) with plain blocks and a CLS-pooled ViT.
+    pixels : torch.Tensor
+        (B, 3, H, W) CLIP-normalised floats (H, W multiples of the patch size; another grid than the native one
+        resizes the positional embedding as :func:`zsad.gem.encode_tokens` does).
+    scales : sequence of int, default ``DEFAULT_SCALES`` = (2, 3)
+        Window sides in patches.
+    stride : int, default 1
+        Step between windows, in patches.
+    max_sequences : int, default ``MAX_SEQUENCES`` = 4096
+        Window sequences per block pass (bounds activation memory).
+
+    Returns
+    -------
+    dict of int to torch.Tensor
+        ``{scale: (B, n_windows, D)}``.
+
+    Raises
+    ------
+    ValueError
+        When the tower is not supported, or on invalid scales, stride or ``max_sequences``.
     """
     return encode_all(model, pixels, scales, stride, max_sequences=max_sequences)[1]
 
 
 def patch_tokens_unprojected(model: nn.Module, pixels: torch.Tensor, *, ln_post: bool = True) -> torch.Tensor:
-    """Full-scale patch tokens of the last block, (B, h*w, width), CLS dropped, NOT normalised, not projected.
+    """Return the full-scale patch tokens of the last block, CLS dropped, NOT normalised, not projected.
 
-    ``ln_post=True`` (anomalib, the default of :func:`extract_window_tokens`): after ``ln_post``;
-    ``ln_post=False`` (zqhang): the raw block output.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        An open_clip CLIP model (or its visual tower).
+    pixels : torch.Tensor
+        (B, 3, H, W) CLIP-normalised floats.
+    ln_post : bool, default True
+        True (anomalib, the default of :func:`extract_window_tokens`): after ``ln_post``; False (zqhang): the raw
+        block output.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, h*w, width).
+
+    Raises
+    ------
+    ValueError
+        When the tower is not supported.
     """
     visual = _check_tower(model)
     z = _blocks(visual, _embed(visual, pixels))[:, 1:]
@@ -127,11 +167,37 @@ def patch_tokens_unprojected(model: nn.Module, pixels: torch.Tensor, *, ln_post:
 def encode_all(model: nn.Module, pixels: torch.Tensor, scales: Sequence[int] = DEFAULT_SCALES, stride: int = 1,
                *, patch_stream: str = "ln_post", max_sequences: int = MAX_SEQUENCES
                ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
-    """Everything WinCLIP needs from one embedding pass: ``(cls, windows, patch)``, none normalised.
+    """Compute everything WinCLIP needs from one embedding pass, none normalised.
 
-    cls : (B, D) the image embedding (equals ``model.encode_image``);
-    windows : ``{scale: (B, n_windows, D)}`` as :func:`encode_windows`;
-    patch : (B, h*w, D') full-scale patch tokens of ``patch_stream`` (module docstring).
+    Parameters
+    ----------
+    model : torch.nn.Module
+        An open_clip CLIP model (or its visual tower).
+    pixels : torch.Tensor
+        (B, 3, H, W) CLIP-normalised floats.
+    scales : sequence of int, default ``DEFAULT_SCALES`` = (2, 3)
+        Window sides in patches.
+    stride : int, default 1
+        Step between windows, in patches.
+    patch_stream : {"ln_post", "raw", "proj"}, default "ln_post"
+        Which full-scale patch tokens to return (module docstring).
+    max_sequences : int, default ``MAX_SEQUENCES`` = 4096
+        Window sequences per block pass (bounds activation memory).
+
+    Returns
+    -------
+    cls : torch.Tensor
+        (B, D) the image embedding (equals ``model.encode_image``).
+    windows : dict of int to torch.Tensor
+        ``{scale: (B, n_windows, D)}`` as :func:`encode_windows`.
+    patch : torch.Tensor
+        (B, h*w, D') full-scale patch tokens of ``patch_stream``.
+
+    Raises
+    ------
+    ValueError
+        When ``patch_stream`` is unknown, ``max_sequences`` is not an int >= 1, the tower is not supported, or on
+        invalid scales or stride.
     """
     if patch_stream not in PATCH_STREAMS:
         raise ValueError(f"patch_stream must be one of {PATCH_STREAMS}, got {patch_stream!r}")
@@ -173,6 +239,42 @@ def extract_window_tokens(model, records: Sequence, *, size: int = 240, scales: 
     and patch stream); the tower runs only on the misses and the result is the same (bit-identical with float32
     storage). ``autocast`` (None, ``"bf16"``, ``"fp16"``) as in :func:`zsad.features.extract_tokens`; part of the
     cache key.
+
+    Parameters
+    ----------
+    model : zsad.backbone.LoadedModel or torch.nn.Module
+        The CLIP model.
+    records : sequence of zsad.data.ImageRecord
+        The images (anything with ``.path`` and ``.relpath``); must not be empty.
+    size : int, default 240
+        Input size in px.
+    scales : sequence of int, default ``DEFAULT_SCALES`` = (2, 3)
+        Window sides in patches.
+    stride : int, default 1
+        Step between windows, in patches.
+    batch_size : int, default 8
+        Images per forward pass.
+    progress : bool, default True
+        Show a tqdm progress bar.
+    patch_stream : {"ln_post", "raw", "proj"}, default "ln_post"
+        Which full-scale patch tokens to keep (module docstring).
+    desc : str, default "windows"
+        Label of the progress bar.
+    cache : zsad.cache.FeatureCache, optional
+        Feature cache to look images up in and store the misses to.
+    autocast : {None, "bf16", "fp16"}, optional
+        Autocast dtype of the tower.
+
+    Returns
+    -------
+    WindowTokens
+        L2-normalised float32 CPU features, rows in the order of ``records``.
+
+    Raises
+    ------
+    ValueError
+        When ``batch_size`` is not an int >= 1, ``records`` is empty, or on invalid scales, stride, patch stream,
+        autocast or tower.
     """
     from zsad.data import load_image, preprocess
     from zsad.features import autocast_context

@@ -39,7 +39,18 @@ def _pool_key(r: ImageRecord):
 
 
 def reference_pool(train_records: Sequence[ImageRecord]) -> list[ImageRecord]:
-    """The list the samplers index into: FADE's dataset order (see the module docstring)."""
+    """Return the list the samplers index into: FADE's dataset order (see the module docstring).
+
+    Parameters
+    ----------
+    train_records : sequence of ImageRecord
+        The class's train records, in any order.
+
+    Returns
+    -------
+    list of ImageRecord
+        Records with a ``source_order`` first, in that order, then the others sorted by path.
+    """
     return sorted(train_records, key=_pool_key)
 
 
@@ -59,8 +70,29 @@ def sample_references(
 ) -> list[ImageRecord]:
     """Pick ``shots`` distinct normal reference images of one class, deterministically from ``seed``.
 
-    Raises ``DatasetError`` if the records are empty, of mixed classes, include anomalous images, or if
-    ``shots`` exceeds their number; ``ValueError`` for ``shots < 1``, a non-int seed or an unknown sampler.
+    Parameters
+    ----------
+    train_records : sequence of ImageRecord
+        The class's normal train records (order does not matter: see :func:`reference_pool`).
+    shots : int
+        Number of references, >= 1.
+    seed : int
+        Seed of the draw.
+    sampler : {"fade", "numpy"}, default "fade"
+        FADE's reference loader replayed, or ``numpy.random.default_rng(seed).choice`` (module docstring).
+
+    Returns
+    -------
+    list of ImageRecord
+        The references, in the order drawn.
+
+    Raises
+    ------
+    DatasetError
+        If the records are empty, of mixed classes, include anomalous images or duplicate paths, or if ``shots``
+        exceeds their number.
+    ValueError
+        For ``shots < 1``, a non-int seed or an unknown sampler.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")

@@ -113,7 +113,25 @@ def _check_file(path: Path, what: str) -> None:
 
 
 def to_rgb(image: Image.Image, *, source: str | PathLike | None = None) -> Image.Image:
-    """Convert a decoded PIL image of any supported mode to 8-bit RGB (rules in the module docstring)."""
+    """Convert a decoded PIL image of any supported mode to 8-bit RGB (rules in the module docstring).
+
+    Parameters
+    ----------
+    image : PIL.Image.Image
+        The decoded image.
+    source : str or os.PathLike, optional
+        The file it came from, named in error messages.
+
+    Returns
+    -------
+    PIL.Image.Image
+        A new ``RGB`` image (a copy when ``image`` is RGB already).
+
+    Raises
+    ------
+    DatasetError
+        When PIL cannot convert the mode.
+    """
     mode = image.mode
     where = f"{source}: " if source is not None else ""
     if mode == "RGB":
@@ -260,16 +278,48 @@ def _decode(path: Path, what: str) -> Image.Image:
 def load_image(path: str | PathLike) -> Image.Image:
     """Read an image file fully (forcing a complete decode) and return it as 8-bit RGB.
 
-    Raises ``DatasetError`` naming the file for a missing file, an unidentifiable or truncated image, or an
-    unsupported mode. Warns ``ImageWarning`` naming the file for a JPEG whose data is damaged but decodes (see
-    the module docstring).
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The image file.
+
+    Returns
+    -------
+    PIL.Image.Image
+        The image in mode ``RGB`` (conversion rules in the module docstring).
+
+    Raises
+    ------
+    DatasetError
+        Naming the file, for a missing file, an unidentifiable or truncated image, or an unsupported mode.
+
+    Warns
+    -----
+    ImageWarning
+        Naming the file, for a JPEG whose data is damaged but decodes (see the module docstring).
     """
     p = Path(path)
     return to_rgb(_decode(p, "image"), source=p)
 
 
 def read_image_size(path: str | PathLike) -> tuple[int, int]:
-    """``(width, height)`` from the file header only (no pixel decode). ``DatasetError`` if unreadable."""
+    """Read an image's size from the file header only (no pixel decode).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The image file.
+
+    Returns
+    -------
+    tuple of (int, int)
+        ``(width, height)``.
+
+    Raises
+    ------
+    DatasetError
+        When the file is missing, not a file, or its header cannot be read.
+    """
     p = Path(path)
     _check_file(p, "image file")
     try:
@@ -287,12 +337,27 @@ def _check_size(size: int) -> int:
 
 @functools.lru_cache(maxsize=16)
 def clip_transform(size: int) -> transforms.Compose:
-    """FADE's image transform for one square size: ``Resize((s, s), bicubic)`` -> ``ToTensor`` -> ``Normalize``.
+    """Return FADE's image transform for one square size: ``Resize((s, s), bicubic)`` -> ``ToTensor`` -> ``Normalize``.
 
     The aspect ratio is not preserved and there is no centre crop (FADE's ``--square`` default). On a PIL input
     torchvision's ``Resize`` calls PIL's own bicubic resize, which always antialiases (PIL's filter support
     scales with the downsampling factor); the ``antialias`` argument only affects tensor inputs, so leaving it
-    at its default cannot change the result here.
+    at its default cannot change the result here. Memoised per size.
+
+    Parameters
+    ----------
+    size : int
+        Output side in px, >= 1.
+
+    Returns
+    -------
+    torchvision.transforms.Compose
+        Maps an RGB PIL image to a (3, size, size) float32 tensor normalised with ``CLIP_MEAN`` / ``CLIP_STD``.
+
+    Raises
+    ------
+    ValueError
+        When ``size`` is not a positive int.
     """
     size = _check_size(size)
     return transforms.Compose(
@@ -307,8 +372,29 @@ def clip_transform(size: int) -> transforms.Compose:
 def preprocess(image: Image.Image | str | PathLike, size: int) -> torch.Tensor:
     """Turn an image into a ``(3, size, size)`` float32 CLIP input, exactly as FADE does.
 
-    ``image`` is a PIL image (converted to RGB by ``to_rgb`` if it is not RGB already) or a path (read with
-    ``load_image``). See ``clip_transform`` for the transform itself.
+    See ``clip_transform`` for the transform itself.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image or str or os.PathLike
+        A PIL image (converted to RGB by ``to_rgb`` if it is not RGB already) or a path (read with
+        ``load_image``).
+    size : int
+        Output side in px.
+
+    Returns
+    -------
+    torch.Tensor
+        (3, size, size) float32.
+
+    Raises
+    ------
+    ValueError
+        When ``size`` is not a positive int.
+    TypeError
+        When ``image`` is neither a PIL image nor a path.
+    DatasetError
+        When a path cannot be read (as ``load_image``).
     """
     size = _check_size(size)
     if isinstance(image, (str, PathLike)):
@@ -343,12 +429,38 @@ def load_mask(
     is then resized to ``(size, size)`` as FADE does (torchvision's default for tensors: bilinear, antialias on)
     and thresholded ``> 0.5``.
 
-    ``path_or_none`` is a mask path, ``None`` (a normal image: all-False mask), or an ``ImageRecord`` (its
-    ``mask_path`` and ``mask_threshold`` are used; prefer this form, it carries the dataset's threshold).
-    ``threshold`` overrides the record's; 0 or ``None`` without a record means the format's default. If
-    ``image_size`` (``(width, height)`` of the image) is given and the mask has another size, ``DatasetError``
-    names both files and sizes (``image_path``, or the record's image, names the image in the message). Damaged
-    files are handled as by ``load_image`` (``DatasetError`` or ``ImageWarning``, naming the mask file).
+    Parameters
+    ----------
+    path_or_none : str or os.PathLike or ImageRecord or None
+        A mask path, ``None`` (a normal image: all-False mask), or an ``ImageRecord`` (its ``mask_path`` and
+        ``mask_threshold`` are used; prefer this form, it carries the dataset's threshold).
+    size : int
+        Side of the returned mask in px.
+    image_size : tuple of (int, int), optional
+        ``(width, height)`` of the image; when given, a mask of another size is an error.
+    image_path : str or os.PathLike, optional
+        Names the image in that error message (default: the record's image, if a record is given).
+    threshold : int, optional
+        Threshold ``t`` in 0..255; overrides the record's. 0 or ``None`` without a record means the format's
+        default.
+
+    Returns
+    -------
+    torch.Tensor
+        (size, size) bool.
+
+    Raises
+    ------
+    ValueError
+        When ``size`` is not a positive int or the threshold is outside 0..255.
+    DatasetError
+        When the mask's size differs from ``image_size`` (naming both files and sizes), or the mask file is
+        missing or cannot be read (as ``load_image``, naming the mask file).
+
+    Warns
+    -----
+    ImageWarning
+        For a damaged JPEG mask that decodes, as ``load_image``.
     """
     size = _check_size(size)
     if isinstance(path_or_none, ImageRecord):

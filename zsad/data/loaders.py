@@ -90,12 +90,36 @@ _FOLDER_RESERVED = ("train", "masks", "good")
 
 
 def class_prompt_name(cls: str) -> str:
-    """The class name as it goes into prompts: ``"metal_nut"`` -> ``"metal nut"`` (FADE replaces ``_`` by space)."""
+    """Return the class name as it goes into prompts: ``"metal_nut"`` -> ``"metal nut"``.
+
+    FADE replaces ``_`` by a space.
+
+    Parameters
+    ----------
+    cls : str
+        The class name as in the dataset.
+
+    Returns
+    -------
+    str
+        ``cls`` with every ``_`` replaced by a space.
+    """
     return cls.replace("_", " ")
 
 
 def has_masks(records: Iterable[ImageRecord]) -> bool:
-    """True when every anomalous record has a mask file (pixel-level metrics are defined)."""
+    """Tell whether every anomalous record has a mask file (pixel-level metrics are defined).
+
+    Parameters
+    ----------
+    records : iterable of ImageRecord
+        The records.
+
+    Returns
+    -------
+    bool
+        True when no record with label 1 has ``mask_path=None`` (also True without anomalous records).
+    """
     return all(r.mask_path is not None for r in records if r.label == 1)
 
 
@@ -380,7 +404,12 @@ def list_classes(kind: str, root: str | PathLike | None = None) -> list[str]:
     Returns
     -------
     list of str
-        The class names, sorted.
+        The class names, sorted (``magnetic_tile``: ``["magnetic_tile"]``; ``folder``: the folder's name).
+
+    Raises
+    ------
+    DatasetError
+        An unknown dataset, a missing root, or a root without the layout's class folders (or VisA csv).
     """
     kind, r = _kind_and_root(kind, root)
     if kind == "mvtec":
@@ -434,7 +463,8 @@ def load_dataset(
     Raises
     ------
     DatasetError
-        An unknown dataset, split or class, a missing root, or a file that breaks the layout (named).
+        An unknown dataset, split or class, a missing root, a ``mask_threshold`` outside 0..255, or a file that
+        breaks the layout (named).
     """
     _check_split(split)
     kind, r = _kind_and_root(kind, root)

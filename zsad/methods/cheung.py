@@ -76,7 +76,40 @@ FALLBACKS = ("image", "none")
 
 @dataclass(frozen=True)
 class CheungConfig:
-    """Options of a Cheung et al. run (paper values where it gives them, documented choices otherwise)."""
+    """Options of a Cheung et al. run (paper values where it gives them, documented choices otherwise).
+
+    Attributes
+    ----------
+    use_detection : bool, default True
+        False: ``e_fused = e_image`` (the paper's "w/o object detection" ablation).
+    fusion_weight : float, default 0.5
+        Weight of ``e_object`` in ``e_fused``, in [0, 1]; 0.5 = the paper's plain average.
+    box_threshold : float, default 0.35
+        Grounding DINO box score threshold, in [0, 1) (official demo default).
+    text_threshold : float, default 0.25
+        Grounding DINO phrase token threshold, in [0, 1) (labels only).
+    max_boxes : int, optional, default 10
+        At most this many crops per image (highest scores); None: all boxes.
+    min_box_size : int, default 2
+        Crops narrower or shorter than this (pixels, after clamping) are dropped.
+    fallback : {"image", "none"}, default "image"
+        Nothing detected: "image" (the whole image is the crop) or "none" (error).
+    score : {"ratio", "shifted", "softmax"}, default "ratio"
+        "ratio" (eq. 4), or the "shifted" / "softmax" formula for every image.
+    guard : {"shifted", "softmax", "raise"}, default "shifted"
+        What replaces eq. 4 where it is undefined (a cosine <= ``eps``).
+    eps : float, default 1e-6
+        Guard threshold on the cosines.
+    temperature : float, default 0.01
+        Softmax temperature (CLIP's logit scale 100), as FADE's and WinCLIP's ``temperature``.
+    image_size : int, default 240
+        CLIP input size of whole images and crops.
+
+    Raises
+    ------
+    ValueError
+        On construction, when an option is out of its range or not one of its allowed values.
+    """
 
     use_detection: bool = True  # False: e_fused = e_image (the paper's "w/o object detection" ablation)
     fusion_weight: float = 0.5  # weight of e_object in e_fused; 0.5 = the paper's plain average
@@ -117,17 +150,31 @@ class CheungConfig:
 
 def crop_boxes(image_size: tuple[int, int], boxes, *, normalized: bool = False, fmt: str = "xyxy",
                min_size: int = 2) -> list[tuple[int, int, int, int]]:
-    """Integer pixel crops ``(x0, y0, x1, y1)`` (end exclusive, for ``PIL.Image.crop``) of boxes on an image.
+    """Return integer pixel crops ``(x0, y0, x1, y1)`` (end exclusive, for ``PIL.Image.crop``) of boxes on an image.
 
     Parameters
     ----------
-    image_size : ``(width, height)`` of the image (PIL's ``image.size``).
-    boxes : array-like of shape (K, 4) (K may be 0), in ``fmt``: ``"xyxy"`` corners, ``"cxcywh"`` centre and size,
-        or ``"xywh"`` top-left corner and size.
-    normalized : coordinates are fractions of width (x, w) and height (y, h) instead of pixels.
-    min_size : boxes narrower or shorter than this many pixels after clamping are dropped.
+    image_size : tuple of (int, int)
+        ``(width, height)`` of the image (PIL's ``image.size``).
+    boxes : array_like
+        (K, 4) boxes (K may be 0), in ``fmt``.
+    normalized : bool, default False
+        Coordinates are fractions of width (x, w) and height (y, h) instead of pixels.
+    fmt : {"xyxy", "cxcywh", "xywh"}, default "xyxy"
+        ``"xyxy"`` corners, ``"cxcywh"`` centre and size, or ``"xywh"`` top-left corner and size.
+    min_size : int, default 2
+        Boxes narrower or shorter than this many pixels after clamping are dropped.
 
-    Returns the surviving boxes in input order, rounded outwards and clamped to ``[0, width] x [0, height]``.
+    Returns
+    -------
+    list of tuple of (int, int, int, int)
+        The surviving boxes in input order, rounded outwards and clamped to ``[0, width] x [0, height]``;
+        non-finite boxes are dropped.
+
+    Raises
+    ------
+    ValueError
+        When ``image_size`` is not positive, ``fmt`` is unknown, or non-empty ``boxes`` are not (K, 4).
     """
     width, height = (int(v) for v in image_size)
     if width < 1 or height < 1:
@@ -161,11 +208,35 @@ def crop_boxes(image_size: tuple[int, int], boxes, *, normalized: bool = False, 
 
 def object_crops(image_size: tuple[int, int], boxes, cfg: CheungConfig = CheungConfig(), *,
                  normalized: bool = False, fmt: str = "xyxy") -> tuple[list[tuple[int, int, int, int]], bool]:
-    """The crops of one image as the method uses them: ``(crops, fell_back)``.
+    """Return the crops of one image as the method uses them.
 
-    ``boxes`` are sorted by score (descending), as :func:`zsad.detector.detect` returns them; the first
-    ``cfg.max_boxes`` that survive :func:`crop_boxes` are kept. With none left, ``cfg.fallback="image"`` gives the
-    whole image ``[(0, 0, width, height)]`` and ``fell_back=True``; ``"none"`` raises ``ValueError``.
+    The first ``cfg.max_boxes`` boxes that survive :func:`crop_boxes` are kept. With none left,
+    ``cfg.fallback="image"`` gives the whole image ``[(0, 0, width, height)]``; ``"none"`` raises.
+
+    Parameters
+    ----------
+    image_size : tuple of (int, int)
+        ``(width, height)`` of the image.
+    boxes : array_like
+        (K, 4) boxes sorted by score (descending), as :func:`zsad.detector.detect` returns them.
+    cfg : CheungConfig, default CheungConfig()
+        Uses ``min_box_size``, ``max_boxes`` and ``fallback``.
+    normalized : bool, default False
+        Coordinates are fractions of width and height instead of pixels.
+    fmt : {"xyxy", "cxcywh", "xywh"}, default "xyxy"
+        Box format (see :func:`crop_boxes`).
+
+    Returns
+    -------
+    crops : list of tuple of (int, int, int, int)
+        Pixel crops ``(x0, y0, x1, y1)``, end exclusive.
+    fell_back : bool
+        True when no box survived and the whole image is the crop.
+
+    Raises
+    ------
+    ValueError
+        When no box survives and ``cfg.fallback="none"``, or the boxes are invalid (see :func:`crop_boxes`).
     """
     crops = crop_boxes(image_size, boxes, normalized=normalized, fmt=fmt, min_size=cfg.min_box_size)
     if cfg.max_boxes is not None:
@@ -190,7 +261,29 @@ def _as_matrix(x, name: str) -> torch.Tensor:
 
 
 def fuse(e_image, e_object, weight: float = 0.5) -> torch.Tensor:
-    """``e_fused = (1 - weight) N(e_image) + weight N(e_object)``, (N, D) float64 (not renormalised)."""
+    """Return the fused embedding ``e_fused = (1 - weight) N(e_image) + weight N(e_object)``.
+
+    ``N`` is L2 normalisation; the result is not renormalised.
+
+    Parameters
+    ----------
+    e_image : array_like or torch.Tensor
+        (N, D) or (D,) whole-image embeddings.
+    e_object : array_like or torch.Tensor
+        Object (mean crop) embeddings of the same shape.
+    weight : float, default 0.5
+        Weight of ``e_object``, in [0, 1].
+
+    Returns
+    -------
+    torch.Tensor
+        (N, D) float64 (a (D,) input gives (1, D)).
+
+    Raises
+    ------
+    ValueError
+        When ``weight`` is outside [0, 1], an input is not (D,) or (N, D), or the shapes differ.
+    """
     if not 0.0 <= float(weight) <= 1.0:
         raise ValueError(f"fusion weight must be in [0, 1], got {weight}")
     a, b = _as_matrix(e_image, "e_image"), _as_matrix(e_object, "e_object")
@@ -201,10 +294,39 @@ def fuse(e_image, e_object, weight: float = 0.5) -> torch.Tensor:
 
 def eq4_scores(e, t_n, t_a, *, score: str = "ratio", guard: str = "shifted", eps: float = 1e-6,
                temperature: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 4 on cosines, with the guard of the module docstring: ``(scores (N,), guarded (N,) bool)``.
+    """Compute eq. 4 on cosines, with the guard of the module docstring.
 
-    ``e`` is (N, D) or (D,); ``t_n``, ``t_a`` are (D,). All are L2-normalised here, so the dot products are cosines.
-    ``guarded`` marks the images where eq. 4 was replaced (``score="ratio"`` only; always False otherwise).
+    All inputs are L2-normalised here, so the dot products are cosines.
+
+    Parameters
+    ----------
+    e : array_like or torch.Tensor
+        (N, D) or (D,) image embeddings.
+    t_n : array_like or torch.Tensor
+        (D,) normal text embedding.
+    t_a : array_like or torch.Tensor
+        (D,) anomaly text embedding.
+    score : {"ratio", "shifted", "softmax"}, default "ratio"
+        "ratio": eq. 4 with the guard; "shifted" / "softmax": that formula for every image.
+    guard : {"shifted", "softmax", "raise"}, default "shifted"
+        What replaces eq. 4 where ``min(c_a, c_n) <= eps``.
+    eps : float, default 1e-6
+        Guard threshold on the cosines.
+    temperature : float, default 0.01
+        Temperature of the softmax formula.
+
+    Returns
+    -------
+    scores : numpy.ndarray
+        (N,) float64 scores.
+    guarded : numpy.ndarray
+        (N,) bool, the images where eq. 4 was replaced (``score="ratio"`` only; always False otherwise).
+
+    Raises
+    ------
+    ValueError
+        When ``score`` or ``guard`` is unknown, the shapes do not fit, or ``guard="raise"`` and some image is
+        guarded.
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
@@ -238,11 +360,35 @@ def eq4_scores(e, t_n, t_a, *, score: str = "ratio", guard: str = "shifted", eps
 
 def cheung_scores(e_image, e_object, t_n, t_a, cfg: CheungConfig = CheungConfig(), *,
                   return_guarded: bool = False):
-    """Image anomaly scores (N,) float64 of Cheung et al.: eq. 4 on ``fuse(e_image, e_object)``.
+    """Return the image anomaly scores of Cheung et al.: eq. 4 on ``fuse(e_image, e_object)``.
 
-    ``e_image`` (N, D): CLIP embeddings of the whole images; ``e_object`` (N, D): mean CLIP embedding of each
-    image's crops (ignored, and may be None, when ``cfg.use_detection`` is False); ``t_n``, ``t_a`` (D,): normal and
-    anomaly text embeddings. With ``return_guarded=True`` returns ``(scores, guarded)``.
+    Parameters
+    ----------
+    e_image : array_like or torch.Tensor
+        (N, D) CLIP embeddings of the whole images.
+    e_object : array_like or torch.Tensor or None
+        (N, D) mean CLIP embedding of each image's crops (ignored, and may be None, when ``cfg.use_detection`` is
+        False).
+    t_n : array_like or torch.Tensor
+        (D,) normal text embedding.
+    t_a : array_like or torch.Tensor
+        (D,) anomaly text embedding.
+    cfg : CheungConfig, default CheungConfig()
+        Uses ``use_detection``, ``fusion_weight``, ``score``, ``guard``, ``eps`` and ``temperature``.
+    return_guarded : bool, default False
+        Also return the guard flags.
+
+    Returns
+    -------
+    scores : numpy.ndarray
+        (N,) float64 scores.
+    guarded : numpy.ndarray
+        (N,) bool guard flags (:func:`eq4_scores`); only with ``return_guarded=True``.
+
+    Raises
+    ------
+    ValueError
+        When ``e_object`` is None with ``cfg.use_detection``, or as :func:`fuse` and :func:`eq4_scores` raise.
     """
     if cfg.use_detection:
         if e_object is None:
@@ -256,7 +402,20 @@ def cheung_scores(e_image, e_object, t_n, t_a, cfg: CheungConfig = CheungConfig(
 
 
 def image_only_output(scores, info: dict | None = None) -> MethodOutput:
-    """A :class:`MethodOutput` for an image-level method: (N, 1, 1) maps holding each score, ``image_only`` set."""
+    """Wrap image scores in a :class:`MethodOutput` for an image-level method.
+
+    Parameters
+    ----------
+    scores : array_like
+        (N,) image scores.
+    info : dict, optional
+        Run record to copy into the output's ``info``.
+
+    Returns
+    -------
+    MethodOutput
+        float64 scores, (N, 1, 1) float32 maps holding each score, and ``info`` with ``image_only=True``.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     maps = scores.astype(np.float32).reshape(-1, 1, 1)
     return MethodOutput(scores, maps, {**(info or {}), "image_only": True})

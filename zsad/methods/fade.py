@@ -51,7 +51,38 @@ MODES = ("language", "vision", "both")
 
 @dataclass(frozen=True)
 class FadeConfig:
-    """Options of a FADE run; ``None`` fields take the official value for the setting (0-shot or k-shot)."""
+    """Options of a FADE run; ``None`` fields take the official value for the setting (0-shot or k-shot).
+
+    Attributes
+    ----------
+    shots : int, default 0
+        0: zero-shot (query self-memory); k >= 1: k reference images.
+    ac_mode : {"language", "vision", "both"}, default "both"
+        Guidance of the image-level classification (AC).
+    as_mode : {"language", "vision", "both"}, default "both"
+        Guidance of the pixel-level segmentation (AS).
+    sizes : tuple of int, default (240, 448, 896)
+        Segmentation scales in px (multiples of 16).
+    ac_size : int, default 240
+        Scale of the CLS token used for language AC.
+    ac_stream : {"clip", "gem"}, default "clip"
+        Token stream of the language AC (CLS).
+    language_stream : {"clip", "gem"}, default "gem"
+        Token stream of the language AS patches.
+    vision_stream : {"clip", "gem"}, optional
+        Token stream of the vision-guided memory; None: ``"gem"`` for 0-shot, ``"clip"`` for k-shot.
+    temperature : float, default 0.01
+        Softmax temperature ``tau`` of the language scores.
+    vision_multiplier : float, optional
+        Multiplier ``m`` of the vision map; None: 80.0 for 0-shot, 3.5 for k-shot.
+    vision_weight : float, optional
+        Weight of the vision map in the AS fusion (the language map gets ``1 - vision_weight``); None: 0.5 for
+        0-shot, 0.85 for k-shot.
+    eval_size : int, default 448
+        Side of the returned maps in px.
+    fade_compat : bool, default True
+        uint8 quantisation before the resize to ``eval_size``, OpenCV resizes (see the module docstring).
+    """
 
     shots: int = 0  # 0: zero-shot (query self-memory); k >= 1: k reference images
     ac_mode: str = "both"  # language | vision | both (image-level classification)
@@ -68,7 +99,21 @@ class FadeConfig:
     fade_compat: bool = True  # uint8 quantisation before the resize to eval_size, OpenCV resizes
 
     def resolved(self) -> "FadeConfig":
-        """The config with every ``None`` replaced by the official value for its setting, validated."""
+        """Return the config with every ``None`` replaced by the official value for its setting, validated.
+
+        ``sizes`` is also sorted and deduplicated.
+
+        Returns
+        -------
+        FadeConfig
+            A new, fully specified config.
+
+        Raises
+        ------
+        ValueError
+            When a mode is not one of ``MODES``, ``shots`` < 0, a stream is neither ``"clip"`` nor ``"gem"``, or
+            ``sizes`` is empty or holds a size that is not a multiple of 16.
+        """
         if self.ac_mode not in MODES or self.as_mode not in MODES:
             raise ValueError(f"ac_mode/as_mode must be one of {MODES}, got {self.ac_mode!r}/{self.as_mode!r}")
         if self.shots < 0:
@@ -89,13 +134,50 @@ class FadeConfig:
 
 
 def language_scores(tokens: torch.Tensor, prototypes: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``softmax([<x, t_n>, <x, t_a>] / tau)[1]`` for normalised tokens (..., D) and prototypes (2, D)."""
+    """Return the language-guided anomaly probability ``softmax([<x, t_n>, <x, t_a>] / tau)[1]`` of each token.
+
+    Parameters
+    ----------
+    tokens : torch.Tensor
+        (..., D) L2-normalised tokens.
+    prototypes : torch.Tensor
+        (2, D) normalised text prototypes ``[normal, abnormal]``.
+    temperature : float
+        The temperature ``tau``.
+
+    Returns
+    -------
+    torch.Tensor
+        (...) probability of the abnormal prototype, in [0, 1].
+    """
     logits = tokens @ prototypes.T / temperature
     return logits.softmax(dim=-1)[..., 1]
 
 
 def knn_distance(queries: torch.Tensor, memory: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
-    """k-th smallest ``(1 - <q, r>) / 2`` of each query (Q, D) over a memory (R, D) of normalised vectors."""
+    """Return the k-th smallest distance ``(1 - <q, r>) / 2`` of each query over a memory.
+
+    Parameters
+    ----------
+    queries : torch.Tensor
+        (Q, D) L2-normalised query vectors.
+    memory : torch.Tensor
+        (R, D) L2-normalised memory vectors.
+    k : int
+        Which neighbour (1: the nearest).
+    chunk : int, default 4096
+        Queries per similarity matrix (bounds memory use at ``chunk * R`` similarities).
+
+    Returns
+    -------
+    torch.Tensor
+        (Q,) distances, in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        When the memory has fewer than ``k`` entries.
+    """
     if memory.shape[0] < k:
         raise ValueError(f"memory has {memory.shape[0]} entries, fewer than k={k}")
     out = []
@@ -128,17 +210,56 @@ def _fuse_scales(per_scale: list[torch.Tensor], compat: bool) -> torch.Tensor:
 
 
 def language_map(test: TokenSet, prototypes: torch.Tensor, cfg: FadeConfig) -> torch.Tensor:
-    """M_lang: (N, G, G) with G the largest grid."""
+    """Return the language-guided anomaly map M_lang, fused over scales.
+
+    Per size of ``cfg.sizes``, :func:`language_scores` of the patch tokens of ``cfg.language_stream``; each grid is
+    resized bilinearly to the largest grid and the grids are averaged.
+
+    Parameters
+    ----------
+    test : TokenSet
+        Tokens of the test images at every size of ``cfg.sizes``.
+    prototypes : torch.Tensor
+        (2, D) segmentation text prototypes ``[normal, abnormal]``.
+    cfg : FadeConfig
+        A resolved config (:meth:`FadeConfig.resolved`).
+
+    Returns
+    -------
+    torch.Tensor
+        (N, G, G) with G the largest grid.
+    """
     stream = test.stream(cfg.language_stream)
     grids = [_to_grids(language_scores(stream[s][:, 1:], prototypes, cfg.temperature)) for s in cfg.sizes]
     return _fuse_scales(grids, cfg.fade_compat)
 
 
 def vision_distances(test: TokenSet, cfg: FadeConfig, refs: TokenSet | None = None) -> dict[int, torch.Tensor]:
-    """Per size of ``cfg.sizes``, each test patch's nearest-neighbour distance, (N, g*g): zero-shot over the image's
-    own patches (2nd neighbour, the 1st is the patch itself), k-shot over all reference patches (1st neighbour).
+    """Return each test patch's nearest-neighbour distance, per size of ``cfg.sizes``.
+
+    Zero-shot over the image's own patches (2nd neighbour, the 1st is the patch itself), k-shot over all reference
+    patches (1st neighbour), with :func:`knn_distance` on the patch tokens of ``cfg.vision_stream``.
 
     A row depends only on its own image (and the references), so rows can be computed, cached and reused per image.
+
+    Parameters
+    ----------
+    test : TokenSet
+        Tokens of the test images at every size of ``cfg.sizes``.
+    cfg : FadeConfig
+        A resolved config (:meth:`FadeConfig.resolved`).
+    refs : TokenSet, optional
+        Tokens of the k reference images; required when ``cfg.shots`` >= 1, ignored for 0-shot.
+
+    Returns
+    -------
+    dict of int to torch.Tensor
+        ``{size: (N, g*g)}`` distances.
+
+    Raises
+    ------
+    ValueError
+        When a k-shot config gets no reference tokens at one of the sizes.
     """
     stream = test.stream(cfg.vision_stream)
     out = {}
@@ -156,8 +277,24 @@ def vision_distances(test: TokenSet, cfg: FadeConfig, refs: TokenSet | None = No
 
 def vision_map(test: TokenSet, cfg: FadeConfig, refs: TokenSet | None = None,
                distances: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-    """M_vis before the multiplier: (N, G, G), fused over scales; ``distances`` as :func:`vision_distances` returns
-    them (computed here when not given)."""
+    """Return the vision-guided anomaly map M_vis before the multiplier, fused over scales.
+
+    Parameters
+    ----------
+    test : TokenSet
+        Tokens of the test images at every size of ``cfg.sizes``.
+    cfg : FadeConfig
+        A resolved config (:meth:`FadeConfig.resolved`).
+    refs : TokenSet, optional
+        Tokens of the k reference images (k-shot only); used only when ``distances`` is None.
+    distances : dict of int to torch.Tensor, optional
+        The distances as :func:`vision_distances` returns them; computed here when not given.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, G, G) with G the largest grid.
+    """
     distances = vision_distances(test, cfg, refs) if distances is None else distances
     return _fuse_scales([_to_grids(distances[s]) for s in cfg.sizes], cfg.fade_compat)
 
@@ -175,12 +312,36 @@ def fade(test: TokenSet, cfg: FadeConfig, *, ac_prototypes: torch.Tensor | None 
          vision: dict[int, torch.Tensor] | None = None) -> MethodOutput:
     """Run FADE on one class: image scores (N,) and anomaly maps (N, eval_size, eval_size).
 
-    test : tokens of the test images at ``cfg.ac_size`` and every size of ``cfg.sizes``
-    ac_prototypes, as_prototypes : (2, D) text prototypes ``[normal, abnormal]`` for classification (class-name
-        prompts) and segmentation (the "object" ensemble); needed by the language and both modes
-    refs : tokens of the k reference images (k-shot only)
-    vision : :func:`vision_distances` of these test images for this config when already known (e.g. from the
-        feature cache); computed from ``test`` and ``refs`` otherwise
+    The fusion rules are those of the module docstring's table.
+
+    Parameters
+    ----------
+    test : TokenSet
+        Tokens of the test images at ``cfg.ac_size`` and every size of ``cfg.sizes``.
+    cfg : FadeConfig
+        The options; resolved here (:meth:`FadeConfig.resolved`).
+    ac_prototypes : torch.Tensor, optional
+        (2, D) text prototypes ``[normal, abnormal]`` for classification (class-name prompts); needed unless
+        ``cfg.ac_mode`` is ``"vision"``.
+    as_prototypes : torch.Tensor, optional
+        (2, D) text prototypes ``[normal, abnormal]`` for segmentation (the "object" ensemble); needed unless
+        ``cfg.as_mode`` is ``"vision"``.
+    refs : TokenSet, optional
+        Tokens of the k reference images (k-shot only).
+    vision : dict of int to torch.Tensor, optional
+        :func:`vision_distances` of these test images for this config when already known (e.g. from the feature
+        cache); computed from ``test`` and ``refs`` otherwise.
+
+    Returns
+    -------
+    MethodOutput
+        Scores (N,); maps (N, eval_size, eval_size), uint8 in compat mode, float32 otherwise; ``info`` holds the
+        fused grid side and the resolved config.
+
+    Raises
+    ------
+    ValueError
+        When a language-guided mode lacks its prototypes, the config is invalid, or k-shot references are missing.
     """
     cfg = cfg.resolved()
     needs_lang_ac, needs_lang_as = cfg.ac_mode != "vision", cfg.as_mode != "vision"

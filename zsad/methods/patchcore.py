@@ -41,7 +41,23 @@ PAPER_SIZE = 224
 
 @dataclass(frozen=True)
 class PatchCoreConfig:
-    """Options of a PatchCore run (defaults: the paper's, with the image score of its code)."""
+    """Options of a PatchCore run (defaults: the paper's, with the image score of its code).
+
+    Attributes
+    ----------
+    coreset_ratio : float, default 0.1
+        Fraction of the memory bank kept by the greedy coreset, in (0, 1]; 1.0: no subsampling.
+    projection_dim : int, optional, default 128
+        Dimension of the random projection used for the coreset distances; None: full dimension.
+    seed : int, default 0
+        Seed of the coreset's projection and starting patch.
+    neighbours : int, default 0
+        0: image score = max patch score; b >= 2: the paper's eq. 7 reweighting over ``N_b(m*)``.
+    blur_sigma : float, default 4.0
+        Gaussian sigma in pixels of a 224 px map (scaled with ``out_size``); 0: no blur.
+    chunk_elements : int, default ``1 << 25``
+        Bound on (test patches x memory patches) per distance chunk.
+    """
 
     coreset_ratio: float = 0.1  # fraction of the memory bank kept by the greedy coreset; 1.0: no subsampling
     projection_dim: int | None = 128  # random projection used for the coreset distances; None: full dimension
@@ -51,6 +67,19 @@ class PatchCoreConfig:
     chunk_elements: int = 1 << 25  # bound on (test patches x memory patches) per distance chunk
 
     def validated(self) -> "PatchCoreConfig":
+        """Check the options and return the config itself.
+
+        Returns
+        -------
+        PatchCoreConfig
+            ``self``, unchanged.
+
+        Raises
+        ------
+        ValueError
+            When ``coreset_ratio`` is not in (0, 1], ``projection_dim`` is < 1, ``neighbours`` is negative or 1,
+            ``blur_sigma`` is negative or ``chunk_elements`` is < 1.
+        """
         if not (0.0 < float(self.coreset_ratio) <= 1.0):
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if self.projection_dim is not None and int(self.projection_dim) < 1:
@@ -65,7 +94,20 @@ class PatchCoreConfig:
 
 
 def coreset_size(n_memory: int, ratio: float) -> int:
-    """Number of patches the coreset keeps: all for ``ratio >= 1``, else ``max(1, int(ratio * n_memory))``."""
+    """Return the number of patches the coreset keeps.
+
+    Parameters
+    ----------
+    n_memory : int
+        Size of the memory bank.
+    ratio : float
+        The coreset ratio.
+
+    Returns
+    -------
+    int
+        ``n_memory`` for ``ratio >= 1``, else ``max(1, int(ratio * n_memory))``.
+    """
     return n_memory if ratio >= 1.0 else max(1, int(ratio * n_memory))
 
 
@@ -77,13 +119,34 @@ def _as_float(x) -> torch.Tensor:
 
 
 def greedy_coreset(features, n: int, seed: int = 0, projection_dim: int | None = 128) -> torch.Tensor:
-    """Indices (int64, in selection order) of ``n`` rows of ``features`` (M, D) chosen by greedy k-center selection.
+    """Choose ``n`` rows of ``features`` by greedy k-center selection.
 
     Starts from a row drawn with ``torch.Generator().manual_seed(seed)`` and repeatedly adds the row whose distance
     to the selected set is largest (first index on ties; a row is never chosen twice, so duplicate rows are picked
     only once the distinct ones are exhausted). When ``D > projection_dim`` the distances are computed on
     ``features @ P`` with ``P`` a (D, projection_dim) Gaussian matrix (entries N(0, 1/projection_dim)) from the same
     generator. ``n >= M`` returns ``arange(M)``. The global RNG is not used.
+
+    Parameters
+    ----------
+    features : array_like or torch.Tensor
+        (M, D) rows to choose from (non-floating and half-precision inputs are cast to float32).
+    n : int
+        Number of rows to choose, >= 1.
+    seed : int, default 0
+        Seed of the starting row and of the projection.
+    projection_dim : int, optional, default 128
+        Dimension of the random projection; None: distances in the full dimension.
+
+    Returns
+    -------
+    torch.Tensor
+        (min(n, M),) int64 row indices, in selection order.
+
+    Raises
+    ------
+    ValueError
+        When ``features`` is not a non-empty 2-D array or ``n`` is not an int >= 1.
     """
     x = _as_float(features)
     if x.ndim != 2 or len(x) == 0:
@@ -112,10 +175,31 @@ def greedy_coreset(features, n: int, seed: int = 0, projection_dim: int | None =
 
 
 def nearest_memory(queries, memory, chunk_elements: int = 1 << 25) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distance of each query row (Q, D) to its nearest memory row (B, D), and that row's index: ``(Q,), (Q,)``.
+    """Return the Euclidean distance of each query row to its nearest memory row, and that row's index.
 
     ``torch.cdist`` in chunks of at most ``chunk_elements`` distances finds the neighbour; the returned distance is
     recomputed exactly as ``|q - memory[index]|`` (the matrix-product form of cdist is not exact near 0).
+
+    Parameters
+    ----------
+    queries : array_like or torch.Tensor
+        (Q, D) query rows.
+    memory : array_like or torch.Tensor
+        (B, D) memory rows, B >= 1 (moved to the queries' device and dtype).
+    chunk_elements : int, default ``1 << 25``
+        Bound on query rows x memory rows per chunk (at least one query row per chunk).
+
+    Returns
+    -------
+    distances : torch.Tensor
+        (Q,) distances.
+    index : torch.Tensor
+        (Q,) int64 index of each query's nearest memory row.
+
+    Raises
+    ------
+    ValueError
+        When the inputs are not 2-D, differ in D, or the memory is empty.
     """
     q = _as_float(queries)
     mem = _as_float(memory).to(q.device, q.dtype)
@@ -153,16 +237,32 @@ def patchcore(test_features, ref_features, grid: tuple[int, int], cfg: PatchCore
               out_size: int = 224) -> MethodOutput:
     """Score test images against a memory bank built from k normal reference images.
 
+    The steps are those of the module docstring.
+
     Parameters
     ----------
-    test_features : (N, h*w, D) patch features of the test images (row-major over the grid).
-    ref_features : (K, h*w, D) patch features of the reference images, or an (M, D) memory bank.
-    grid : (h, w) of the patch grid.
-    cfg : options (:class:`PatchCoreConfig`); None: defaults.
-    out_size : side of the returned square maps.
+    test_features : array_like or torch.Tensor
+        (N, h*w, D) patch features of the test images (row-major over the grid).
+    ref_features : array_like or torch.Tensor
+        (K, h*w, D) patch features of the reference images, or an (M, D) memory bank.
+    grid : tuple of (int, int)
+        (h, w) of the patch grid.
+    cfg : PatchCoreConfig, optional
+        The options (validated here); None: defaults.
+    out_size : int, default 224
+        Side of the returned square maps in px.
 
-    Returns ``MethodOutput`` with ``scores`` (N,), ``maps`` (N, out_size, out_size) float32 >= 0 and ``info``
-    (memory-bank and coreset sizes, the blur sigma used, the image-score rule).
+    Returns
+    -------
+    MethodOutput
+        ``scores`` (N,), ``maps`` (N, out_size, out_size) float32 >= 0 and ``info`` (memory-bank and coreset
+        sizes, the blur sigma used, the image-score rule).
+
+    Raises
+    ------
+    ValueError
+        When the config is invalid, the features do not fit ``grid`` or each other, or ``out_size`` is not a
+        positive int.
     """
     cfg = (cfg or PatchCoreConfig()).validated()
     test = _as_float(test_features)

@@ -92,7 +92,51 @@ _LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
 
 @dataclass(frozen=True)
 class TamuraConfig:
-    """Options of a Tamura run (decisions and defaults in the module docstring)."""
+    """Options of a Tamura run (decisions and defaults in the module docstring).
+
+    Attributes
+    ----------
+    object_word : {"object", "class"}, default "object"
+        "object" (category-agnostic) or "class" (the class name) as the prompts' object word.
+    n_random_words : int, default 3
+        Words inserted into every prompt; 0 = no augmentation.
+    word_source : {"vocab", "letters"}, default "vocab"
+        "vocab" (CLIP BPE whole words) or "letters" (random a-z strings).
+    word_min_len : int, default 3
+        Shortest random word, in letters.
+    word_max_len : int, default 10
+        Longest random word, in letters.
+    exclude_state_words : bool, default True
+        vocab: leave out words that say normal / anomalous (:func:`excluded_words`).
+    insert_mode : {"random", "append", "prepend"}, default "random"
+        Where the words go: random gaps, after or before the prompt.
+    samples_per_side : int, default 1000
+        Training prompts per side (normal, abnormal).
+    wrapper : str, optional
+        A template with one ``{}``, e.g. "a photo of a {}." (FADE); None = prompts as they are (WinCLIP).
+    hidden : int, default 128
+        FFN hidden width; 0 = linear.
+    epochs : int, default 30
+        Passes over the training set.
+    batch_size : int, default 64
+        Mini-batch size; 0 = full batch.
+    lr : float, default 1e-3
+        Adam learning rate.
+    weight_decay : float, default 0.0
+        Adam weight decay.
+    seed : int, default 0
+        Seed of the prompt sampling, FFN init and batch order.
+    train_threads : int, default 1
+        torch intra-op threads while training (restored after); 0 = leave as they are.
+    temperature : float, default 1.0
+        Probability ``sigmoid(logit / temperature)``.
+    scales : tuple of int, default (2, 3)
+        Window scales in patches.
+    map_includes_image : bool, default True
+        Harmonic mean with the image score broadcast (WinCLIP zero-shot); False: the window maps only.
+    out_size : int, default 240
+        Side of the returned maps in px.
+    """
 
     object_word: str = "object"  # "object" (category-agnostic) | "class" (the class name)
     n_random_words: int = 3  # words inserted into every prompt; 0 = no augmentation
@@ -116,6 +160,19 @@ class TamuraConfig:
     out_size: int = 240
 
     def validated(self) -> "TamuraConfig":
+        """Check the options and return the config.
+
+        Returns
+        -------
+        TamuraConfig
+            ``self``, or a validated copy with ``scales`` made a tuple of ints when it was given otherwise (e.g. a
+            list from a JSON options dict).
+
+        Raises
+        ------
+        ValueError
+            When an option is out of its range or not one of its allowed values (see the attributes).
+        """
         def is_int(v, lo):
             return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo
 
@@ -152,16 +209,41 @@ class TamuraConfig:
 
 
 def excluded_words() -> frozenset[str]:
-    """Words never drawn as random words (``exclude_state_words``): anything stating normality or anomaly."""
+    """Return the words never drawn as random words (``exclude_state_words``): anything stating normality or anomaly.
+
+    Returns
+    -------
+    frozenset of str
+        zsad.prompts' DEFECT_WORDS and NORMAL_WORDS and the words of the normal and abnormal state phrases.
+    """
     state = {w for phrase in NORMAL_STATES + ABNORMAL_STATES for w in phrase.replace("{}", " ").split()}
     return frozenset(DEFECT_WORDS | NORMAL_WORDS | state)
 
 
 def vocabulary_words(tokenizer, min_len: int = 3, max_len: int = 10, exclude: Iterable[str] = ()) -> tuple[str, ...]:
-    """Whole-word entries of a CLIP BPE vocabulary: sorted ``a-z`` words of ``min_len..max_len`` letters.
+    """Return the whole-word entries of a CLIP BPE vocabulary made only of ``a-z`` letters.
 
-    ``tokenizer`` is open_clip's ``SimpleTokenizer`` (its ``encoder`` maps BPE strings to ids; a whole word ends in
-    ``</w>``) or any mapping / iterable of such BPE strings. ``exclude``: words to leave out.
+    Parameters
+    ----------
+    tokenizer : object
+        open_clip's ``SimpleTokenizer`` (its ``encoder`` maps BPE strings to ids; a whole word ends in ``</w>``) or
+        any mapping / iterable of such BPE strings.
+    min_len : int, default 3
+        Fewest letters of a word.
+    max_len : int, default 10
+        Most letters of a word.
+    exclude : iterable of str, default ()
+        Words to leave out.
+
+    Returns
+    -------
+    tuple of str
+        The words (without ``</w>``), sorted.
+
+    Raises
+    ------
+    ValueError
+        When no word qualifies.
     """
     entries = getattr(tokenizer, "encoder", tokenizer)
     pat = re.compile(rf"[a-z]{{{int(min_len)},{int(max_len)}}}")
@@ -175,7 +257,35 @@ def vocabulary_words(tokenizer, min_len: int = 3, max_len: int = 10, exclude: It
 
 def draw_words(rng: np.random.Generator, n: int, source: str = "vocab", vocabulary: Sequence[str] | None = None,
                min_len: int = 3, max_len: int = 10) -> list[str]:
-    """``n`` random words: distinct words of ``vocabulary`` (``source="vocab"``) or random a-z strings."""
+    """Draw ``n`` random words: distinct words of ``vocabulary`` (``source="vocab"``) or random a-z strings.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    n : int
+        Number of words; 0 returns ``[]`` without drawing.
+    source : {"vocab", "letters"}, default "vocab"
+        "vocab": drawn uniformly without replacement from ``vocabulary``; "letters": strings of uniform random
+        letters with lengths uniform in [min_len, max_len] (not necessarily distinct).
+    vocabulary : sequence of str, optional
+        The words to draw from (:func:`vocabulary_words`); needed for ``source="vocab"``.
+    min_len : int, default 3
+        Shortest string for ``source="letters"``.
+    max_len : int, default 10
+        Longest string for ``source="letters"``.
+
+    Returns
+    -------
+    list of str
+        The ``n`` words, in draw order.
+
+    Raises
+    ------
+    ValueError
+        When ``source="vocab"`` and the vocabulary is missing or holds fewer than ``n`` words, or ``source`` is
+        unknown.
+    """
     if n == 0:
         return []
     if source == "vocab":
@@ -190,11 +300,33 @@ def draw_words(rng: np.random.Generator, n: int, source: str = "vocab", vocabula
 
 def insert_words(prompt: str, words: Sequence[str], rng: np.random.Generator | None = None,
                  mode: str = "random") -> tuple[str, tuple[int, ...]]:
-    """Insert ``words`` into ``prompt`` (split on white space); returns the text and the word positions they got.
+    """Insert ``words`` into ``prompt`` (split on white space).
 
     ``mode="random"``: each word takes a gap 0..len(prompt words) drawn uniformly (independently, so gaps may
     repeat; words sharing a gap keep their draw order). ``"append"`` / ``"prepend"``: after / before the prompt.
-    ``positions[i]`` is the index of ``words[i]`` among the words of the returned text (``text.split()``).
+
+    Parameters
+    ----------
+    prompt : str
+        The base prompt.
+    words : sequence of str
+        Single, non-empty words to insert.
+    rng : numpy.random.Generator, optional
+        Draws the gaps; needed for ``mode="random"``.
+    mode : {"random", "append", "prepend"}, default "random"
+        Where the words go.
+
+    Returns
+    -------
+    text : str
+        The prompt with the words, joined by single spaces.
+    positions : tuple of int
+        ``positions[i]`` is the index of ``words[i]`` among the words of ``text`` (``text.split()``).
+
+    Raises
+    ------
+    ValueError
+        When a word is empty or holds white space, ``mode="random"`` gets no ``rng``, or ``mode`` is unknown.
     """
     base = prompt.split()
     words = [str(w) for w in words]
@@ -224,7 +356,20 @@ def insert_words(prompt: str, words: Sequence[str], rng: np.random.Generator | N
 
 
 def remove_inserted(text: str, positions: Iterable[int]) -> str:
-    """Undo :func:`insert_words`: drop the words at ``positions`` (of ``text.split()``)."""
+    """Undo :func:`insert_words`: drop the words at ``positions``.
+
+    Parameters
+    ----------
+    text : str
+        A prompt with inserted words.
+    positions : iterable of int
+        Indices into ``text.split()`` of the words to drop.
+
+    Returns
+    -------
+    str
+        The remaining words, joined by single spaces.
+    """
     drop = set(positions)
     return " ".join(w for i, w in enumerate(text.split()) if i not in drop)
 
@@ -232,7 +377,25 @@ def remove_inserted(text: str, positions: Iterable[int]) -> str:
 @dataclass
 class PromptSet:
     """Generated training prompts: ``texts[i]`` with label ``labels[i]`` (0 normal, 1 anomaly), made from
-    ``base[i]`` by inserting ``words[i]`` at word positions ``positions[i]``."""
+    ``base[i]`` by inserting ``words[i]`` at word positions ``positions[i]``.
+
+    Attributes
+    ----------
+    texts : list of str
+        The prompts; ``len(prompt_set)`` is their number.
+    labels : numpy.ndarray
+        (N,) int64 labels, 0 normal, 1 anomaly.
+    base : list of str
+        The base prompt of each sample.
+    words : list of tuple of str
+        The random words inserted into each sample.
+    positions : list of tuple of int
+        Word positions of those words in ``texts[i].split()``.
+    object_name : str
+        The object word the base prompts were built around.
+    info : dict, default {}
+        Record of how the set was made (object name, base-prompt counts, vocabulary size).
+    """
 
     texts: list[str]
     labels: np.ndarray
@@ -246,7 +409,15 @@ class PromptSet:
         return len(self.texts)
 
     def unique(self) -> tuple[list[str], np.ndarray]:
-        """Distinct texts (first-occurrence order) and, per sample, the index of its text in that list."""
+        """Return the distinct texts and, per sample, the index of its text among them.
+
+        Returns
+        -------
+        texts : list of str
+            The distinct texts, in first-occurrence order.
+        inverse : numpy.ndarray
+            (N,) int64; ``texts[inverse[i]] == self.texts[i]``.
+        """
         index: dict[str, int] = {}
         inverse = np.array([index.setdefault(t, len(index)) for t in self.texts], dtype=np.int64)
         return list(index), inverse
@@ -254,8 +425,30 @@ class PromptSet:
 
 def build_prompt_set(cfg: TamuraConfig, object_name: str = "object",
                      vocabulary: Sequence[str] | None = None) -> PromptSet:
-    """The labelled training prompts of a run: ``cfg.samples_per_side`` per side (normal first), seeded by
-    ``cfg.seed``. ``vocabulary``: the word list for ``word_source="vocab"`` (:func:`vocabulary_words`)."""
+    """Build the labelled training prompts of a run: ``cfg.samples_per_side`` per side (normal first).
+
+    Sampling uses ``numpy.random.default_rng(cfg.seed)``: per side the base prompts are cycled in seeded shuffled
+    orders, and per sample the words are drawn, then their gaps.
+
+    Parameters
+    ----------
+    cfg : TamuraConfig
+        The options (validated here).
+    object_name : str, default "object"
+        The object word of the base prompts (:func:`zsad.prompts.winclip_prompts`).
+    vocabulary : sequence of str, optional
+        The word list for ``word_source="vocab"`` (:func:`vocabulary_words`).
+
+    Returns
+    -------
+    PromptSet
+        ``2 * cfg.samples_per_side`` samples.
+
+    Raises
+    ------
+    ValueError
+        When the config is invalid, or ``word_source="vocab"`` with random words gets no vocabulary.
+    """
     cfg = cfg.validated()
     if cfg.word_source == "vocab" and cfg.n_random_words > 0 and not vocabulary:
         raise ValueError("word_source='vocab' needs a vocabulary (vocabulary_words(tokenizer))")
@@ -283,7 +476,15 @@ def build_prompt_set(cfg: TamuraConfig, object_name: str = "object",
 
 
 class TamuraNet(nn.Module):
-    """``Linear(dim, hidden) - ReLU - Linear(hidden, 1)`` (``hidden=0``: ``Linear(dim, 1)``); returns logits (...)."""
+    """The FFN ``Linear(dim, hidden) - ReLU - Linear(hidden, 1)`` (``hidden=0``: ``Linear(dim, 1)``).
+
+    Parameters
+    ----------
+    dim : int
+        Input (embedding) dimension.
+    hidden : int, default 128
+        Hidden width; 0: a linear logistic regression.
+    """
 
     def __init__(self, dim: int, hidden: int = 128):
         super().__init__()
@@ -292,24 +493,72 @@ class TamuraNet(nn.Module):
                        else nn.Linear(dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the anomaly logits.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (..., dim) embeddings.
+
+        Returns
+        -------
+        torch.Tensor
+            (...) logits.
+        """
         return self.layers(x).squeeze(-1)
 
 
 def build_net(dim: int, hidden: int = 128, seed: int = 0) -> TamuraNet:
-    """A :class:`TamuraNet` with PyTorch's default init drawn from ``seed`` (the global RNG state is restored)."""
+    """Build a :class:`TamuraNet` with PyTorch's default init drawn from ``seed`` (the global RNG state is restored).
+
+    Parameters
+    ----------
+    dim : int
+        Input (embedding) dimension.
+    hidden : int, default 128
+        Hidden width; 0: linear.
+    seed : int, default 0
+        Seed of the initialisation.
+
+    Returns
+    -------
+    TamuraNet
+        The untrained net.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return TamuraNet(dim, hidden)
 
 
 def train_ffn(x: torch.Tensor, y, cfg: TamuraConfig = TamuraConfig()) -> tuple[TamuraNet, dict]:
-    """Train the FFN on embeddings ``x`` (N, D) with labels ``y`` (N,) in {0, 1}; returns ``(net, history)``.
+    """Train the FFN on labelled embeddings.
 
     ``x`` is used as given (the pipeline passes L2-normalised text embeddings). CPU, float32, Adam, BCE on the
     logit, ``cfg.epochs`` passes over mini-batches of ``cfg.batch_size`` in a seeded order (full batch when 0), with
     ``cfg.train_threads`` torch threads (restored afterwards).
-    ``history``: ``loss`` (mean training loss per epoch), ``final_loss`` and ``train_accuracy`` (full-set, after
-    training), ``steps``, ``seconds``. The net is returned in eval mode.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (N, D) embeddings.
+    y : array_like
+        (N,) labels in {0, 1} (0 normal, 1 anomaly).
+    cfg : TamuraConfig, default TamuraConfig()
+        The options (validated here): ``hidden``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``seed``,
+        ``train_threads``.
+
+    Returns
+    -------
+    net : TamuraNet
+        The trained net, in eval mode.
+    history : dict
+        ``loss`` (mean training loss per epoch), ``final_loss`` and ``train_accuracy`` (full-set, after training),
+        ``steps``, ``seconds``.
+
+    Raises
+    ------
+    ValueError
+        When the config is invalid, ``x`` is not 2-D, ``y`` does not have one label per row, or a label is not 0/1.
     """
     cfg = cfg.validated()
     threads = torch.get_num_threads()
@@ -361,10 +610,35 @@ def _train(x, y, cfg: TamuraConfig) -> tuple[TamuraNet, dict]:
 @torch.no_grad()
 def ffn_probability(net: TamuraNet, emb: torch.Tensor, temperature: float = 1.0, chunk: int = 65536,
                     threads: int | None = 1) -> torch.Tensor:
-    """``sigmoid(FFN(N(e)) / temperature)`` for embeddings (..., D) -> (...) float64, on the CPU, with ``threads``
-    torch threads (restored afterwards; None: the caller's). A fixed count makes the probabilities bit-identical
-    whatever the caller's setting: MKL rounds a GEMM of a few rows (a class's image embeddings) differently with
-    the thread count."""
+    """Return the FFN's anomaly probability ``sigmoid(FFN(N(e)) / temperature)`` of embeddings.
+
+    ``N`` is L2 normalisation. Computed on the CPU in float32 (the sigmoid in float64), with ``threads`` torch threads
+    (restored afterwards). A fixed count makes the probabilities bit-identical whatever the caller's setting: MKL
+    rounds a GEMM of a few rows (a class's image embeddings) differently with the thread count.
+
+    Parameters
+    ----------
+    net : TamuraNet
+        The trained FFN.
+    emb : torch.Tensor
+        (..., D) embeddings, D = ``net.dim``.
+    temperature : float, default 1.0
+        Divides the logit before the sigmoid.
+    chunk : int, default 65536
+        Embeddings per forward pass.
+    threads : int, optional, default 1
+        torch intra-op threads; None (or 0): the caller's setting.
+
+    Returns
+    -------
+    torch.Tensor
+        (...) float64 probabilities.
+
+    Raises
+    ------
+    ValueError
+        When the embedding dimension differs from ``net.dim``.
+    """
     if emb.shape[-1] != net.dim:
         raise ValueError(f"embeddings have dimension {emb.shape[-1]}, the FFN expects {net.dim}")
     flat = emb.reshape(-1, emb.shape[-1])
@@ -387,10 +661,33 @@ def ffn_probability(net: TamuraNet, emb: torch.Tensor, temperature: float = 1.0,
 
 def aggregate_map(image_scores: torch.Tensor, window_scores: dict[int, torch.Tensor], grid, stride: int = 1,
                   include_image: bool = True) -> torch.Tensor:
-    """WinCLIP's zero-shot map from scores: (N,) image scores and ``{scale: (N, n_windows)}`` -> (N, h, w) float64.
+    """Build WinCLIP's zero-shot map from image and window scores.
 
     Per scale the window scores are harmonic-aggregated onto the patches they cover; the result is the element-wise
     harmonic mean of those scale maps and (``include_image``) the image score broadcast over the grid.
+
+    Parameters
+    ----------
+    image_scores : torch.Tensor
+        (N,) image scores.
+    window_scores : dict of int to torch.Tensor
+        ``{scale: (N, n_windows)}`` window scores, windows ordered as :func:`zsad.methods.tokens.window_masks`.
+    grid : int or tuple of (int, int)
+        The patch grid: a side or ``(h, w)``.
+    stride : int, default 1
+        Stride of the windows, in patches.
+    include_image : bool, default True
+        Include the image score broadcast in the harmonic mean.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, h, w) float64 map.
+
+    Raises
+    ------
+    ValueError
+        When a scale's window scores do not fit its windows, or there is nothing to build a map from.
     """
     h, w = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
     n = image_scores.shape[0]
@@ -407,7 +704,30 @@ def aggregate_map(image_scores: torch.Tensor, window_scores: dict[int, torch.Ten
 
 def score_windows(test_windows: WindowTokens, scorer: Callable[[torch.Tensor], torch.Tensor],
                   cfg: TamuraConfig = TamuraConfig()) -> MethodOutput:
-    """Image scores and maps of ``test_windows`` for a probability ``scorer`` (embeddings (..., D) -> (...))."""
+    """Score ``test_windows`` with a probability ``scorer``: image scores and maps.
+
+    The image score is the scorer's value of the CLS embedding; the map is :func:`aggregate_map` of it and of the
+    window scores at ``cfg.scales``, bilinearly resized to ``cfg.out_size``.
+
+    Parameters
+    ----------
+    test_windows : WindowTokens
+        Features of the test images.
+    scorer : callable
+        Maps embeddings (..., D) to probabilities (...).
+    cfg : TamuraConfig, default TamuraConfig()
+        The options (validated here): ``scales``, ``map_includes_image``, ``out_size``.
+
+    Returns
+    -------
+    MethodOutput
+        Scores (N,) and maps (N, out_size, out_size) float32; ``info`` holds the method, grid and stride.
+
+    Raises
+    ------
+    ValueError
+        When the config is invalid or the test windows lack a scale of ``cfg.scales``.
+    """
     cfg = cfg.validated()
     missing = [s for s in cfg.scales if s not in test_windows.windows]
     if missing:
@@ -422,10 +742,30 @@ def score_windows(test_windows: WindowTokens, scorer: Callable[[torch.Tensor], t
 
 def tamura(test_windows: WindowTokens, text_embeddings: torch.Tensor, labels, cfg: TamuraConfig = TamuraConfig()
            ) -> MethodOutput:
-    """Train the FFN on labelled text embeddings (N, D) and score ``test_windows`` with it.
+    """Train the FFN on labelled text embeddings and score ``test_windows`` with it.
 
-    Returns MethodOutput with scores (N_img,) in [0, 1] (the FFN's anomaly probability of the CLS embedding) and
-    maps (N_img, out_size, out_size) float32 in [0, 1]; ``info`` holds the config, the training curve and accuracy.
+    Parameters
+    ----------
+    test_windows : WindowTokens
+        Features of the test images.
+    text_embeddings : torch.Tensor
+        (N, D) text embeddings of the training prompts (L2-normalised here).
+    labels : array_like
+        (N,) labels in {0, 1} (0 normal, 1 anomaly).
+    cfg : TamuraConfig, default TamuraConfig()
+        The options (validated here).
+
+    Returns
+    -------
+    MethodOutput
+        Scores (N_img,) in [0, 1] (the FFN's anomaly probability of the CLS embedding) and maps
+        (N_img, out_size, out_size) float32 in [0, 1]; ``info`` holds the config, the training curve and accuracy.
+
+    Raises
+    ------
+    ValueError
+        When the config is invalid, the text and image embedding dimensions differ, or the training data or test
+        windows do not fit (see :func:`train_ffn`, :func:`score_windows`).
     """
     cfg = cfg.validated()
     if text_embeddings.shape[-1] != test_windows.cls.shape[-1]:

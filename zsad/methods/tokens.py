@@ -17,13 +17,40 @@ DEFAULT_SCALES = (2, 3)
 
 @dataclass
 class TokenSet:
-    """Normalised tokens of a list of images: ``clip[size]`` and ``gem[size]`` are (N, 1 + g*g, D), CLS first."""
+    """Normalised tokens of a list of images, per stream and input size.
+
+    Attributes
+    ----------
+    relpaths : list of str
+        The images, in the order of the token rows; ``len(token_set)`` is their number.
+    clip : dict of int to torch.Tensor, default {}
+        ``clip[size]``: (N, 1 + g*g, D) tokens of the CLIP stream at input size ``size`` px, CLS first.
+    gem : dict of int to torch.Tensor, default {}
+        ``gem[size]``: (N, 1 + g*g, D) tokens of the GEM stream at input size ``size`` px, CLS first.
+    """
 
     relpaths: list[str]
     clip: dict[int, torch.Tensor] = field(default_factory=dict)
     gem: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def stream(self, name: str) -> dict[int, torch.Tensor]:
+        """Return one stream's tokens by name.
+
+        Parameters
+        ----------
+        name : {"clip", "gem"}
+            The stream.
+
+        Returns
+        -------
+        dict of int to torch.Tensor
+            ``self.clip`` or ``self.gem`` (the same object, not a copy).
+
+        Raises
+        ------
+        ValueError
+            When ``name`` is neither ``"clip"`` nor ``"gem"``.
+        """
         if name not in ("clip", "gem"):
             raise ValueError(f"token stream must be 'clip' or 'gem', got {name!r}")
         return self.clip if name == "clip" else self.gem
@@ -55,7 +82,7 @@ def _starts(n: int, scale: int, stride: int) -> list[int]:
 
 def window_masks(grid: int | tuple[int, int] = 15, scales: Sequence[int] = DEFAULT_SCALES, stride: int = 1
                  ) -> dict[int, torch.Tensor]:
-    """Patch indices of every sliding window: ``{scale: LongTensor (n_windows, scale*scale)}``.
+    """Return the patch indices of every sliding window, per window scale.
 
     Patches are numbered row-major on the ``grid`` (``row * width + col``, CLS not counted); windows are ordered
     row-major by their top-left patch, and the indices inside a window are row-major too. On the 15x15 grid with
@@ -63,6 +90,26 @@ def window_masks(grid: int | tuple[int, int] = 15, scales: Sequence[int] = DEFAU
     With a stride > 1 a last row/column of windows flush with the border is added where the stride would
     otherwise leave the border patches uncovered (anomalib's ``unfold`` would leave them out and give them a 0
     score), so every patch lies in at least one window of each scale.
+
+    Parameters
+    ----------
+    grid : int or tuple of (int, int), default 15
+        Patch grid: a side (square grid) or ``(height, width)``.
+    scales : sequence of int, default ``DEFAULT_SCALES`` = (2, 3)
+        Window sides in patches.
+    stride : int, default 1
+        Step between neighbouring windows, in patches.
+
+    Returns
+    -------
+    dict of int to torch.Tensor
+        ``{scale: LongTensor (n_windows, scale*scale)}``.
+
+    Raises
+    ------
+    ValueError
+        When the grid is not positive, ``stride`` is not an int >= 1, a scale is not an int >= 1 or a scale does
+        not fit the grid.
     """
     h, w = _grid_hw(grid)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
@@ -85,8 +132,26 @@ def window_masks(grid: int | tuple[int, int] = 15, scales: Sequence[int] = DEFAU
 class WindowTokens:
     """L2-normalised WinCLIP features of a list of images (float32, CPU).
 
-    cls : (N, D) image embeddings; windows : ``{scale: (N, n_windows, D)}``; patch : (N, h*w, D') full-scale
-    patch tokens of ``patch_stream``; ``grid`` = (h, w) patch grid; ``stride`` of the windows; ``size`` in px.
+    Attributes
+    ----------
+    relpaths : list of str
+        The images, in the order of the feature rows; ``len(window_tokens)`` is their number.
+    cls : torch.Tensor
+        (N, D) image embeddings.
+    windows : dict of int to torch.Tensor
+        ``{scale: (N, n_windows, D)}`` window embeddings.
+    patch : torch.Tensor
+        (N, h*w, D') full-scale patch tokens of ``patch_stream``.
+    grid : tuple of (int, int)
+        (h, w) patch grid.
+    stride : int, default 1
+        Stride of the windows, in patches.
+    size : int, default 240
+        Input image size in px.
+    patch_stream : str, default "ln_post"
+        Which stream ``patch`` was taken from.
+    info : dict, default {}
+        Free-form record of how the features were made.
     """
 
     relpaths: list[str]
@@ -103,7 +168,18 @@ class WindowTokens:
         return len(self.relpaths)
 
     def subset(self, index) -> "WindowTokens":
-        """The features of some images (``index``: int, slice or a sequence of positions)."""
+        """Return the features of some images.
+
+        Parameters
+        ----------
+        index : int, slice or sequence of int
+            Positions of the images to keep (an int keeps one image, still with a leading axis).
+
+        Returns
+        -------
+        WindowTokens
+            A new container with the selected rows, the same geometry and a shallow copy of ``info``.
+        """
         if isinstance(index, int):
             index = [index]
         if isinstance(index, slice):

@@ -69,7 +69,23 @@ _TINY = torch.finfo(torch.float64).tiny
 
 @dataclass(frozen=True)
 class WinClipConfig:
-    """Options of a WinCLIP / WinCLIP+ run (decisions and their sources in the module docstring)."""
+    """Options of a WinCLIP / WinCLIP+ run (decisions and their sources in the module docstring).
+
+    Attributes
+    ----------
+    shots : int, default 0
+        0: zero-shot WinCLIP; k >= 1: WinCLIP+ with the first k images of ``ref_windows``.
+    temperature : float, default 0.07
+        Softmax temperature tau (anomalib / zqhang); 0.01 = CLIP's logit scale 100 (caoyunkang, FADE).
+    scales : tuple of int, default (2, 3)
+        Window sizes in patches.
+    fusion : {"mean", "sum"}, default "mean"
+        Few-shot map: ``(M_0 + M_W) / 2`` (anomalib) or ``M_0 + M_W`` (zqhang).
+    out_size : int, default 240
+        Side of the returned maps in px.
+    chunk : int, default 16
+        Query images per distance computation (memory bound).
+    """
 
     shots: int = 0  # 0: zero-shot WinCLIP; k >= 1: WinCLIP+ with the first k images of ref_windows
     temperature: float = 0.07  # anomalib / zqhang; 0.01 = CLIP's logit scale 100 (caoyunkang, FADE)
@@ -79,6 +95,19 @@ class WinClipConfig:
     chunk: int = 16  # query images per distance computation (memory bound)
 
     def validated(self) -> "WinClipConfig":
+        """Check the options and return the config itself.
+
+        Returns
+        -------
+        WinClipConfig
+            ``self``, unchanged.
+
+        Raises
+        ------
+        ValueError
+            When ``shots`` is not an int >= 0, ``temperature`` is not a positive finite number, ``scales`` are not
+            distinct ints >= 1, ``fusion`` is not one of ``FUSIONS``, or ``out_size`` or ``chunk`` is < 1.
+        """
         if isinstance(self.shots, bool) or not isinstance(self.shots, int) or self.shots < 0:
             raise ValueError(f"shots must be an int >= 0, got {self.shots!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0 and np.isfinite(self.temperature)):
@@ -96,7 +125,29 @@ class WinClipConfig:
 
 
 def text_scores(emb: torch.Tensor, text_prototypes: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``softmax([<e, t_n>, <e, t_a>] / tau)[1]`` for embeddings (..., D) -> (...), float64."""
+    """Return the language-guided anomaly probability ``softmax([<e, t_n>, <e, t_a>] / tau)[1]``.
+
+    Both embeddings and prototypes are L2-normalised here and the computation is in float64.
+
+    Parameters
+    ----------
+    emb : torch.Tensor
+        (..., D) embeddings.
+    text_prototypes : torch.Tensor
+        (2, D) prototypes ``[normal, abnormal]``.
+    temperature : float
+        The temperature tau.
+
+    Returns
+    -------
+    torch.Tensor
+        (...) float64 probability of the abnormal prototype.
+
+    Raises
+    ------
+    ValueError
+        When the prototypes are not (2, D) or their dimension differs from the embeddings'.
+    """
     if text_prototypes.ndim != 2 or text_prototypes.shape[0] != 2:
         raise ValueError(f"text prototypes must be (2, D) [normal, abnormal], got {tuple(text_prototypes.shape)}")
     if text_prototypes.shape[1] != emb.shape[-1]:
@@ -114,11 +165,30 @@ def _incidence(masks: torch.Tensor, n_patches: int) -> torch.Tensor:
 
 
 def harmonic_aggregate(window_scores: torch.Tensor, masks: torch.Tensor, grid) -> torch.Tensor:
-    """Per-patch harmonic mean of the scores of the windows covering it: (N, n_windows) -> (N, h, w) float64.
+    """Return, per patch, the harmonic mean of the scores of the windows covering it.
 
-    ``M(p) = |W_p| / sum_{w in W_p} 1 / score(w)``; ``masks`` (n_windows, k) holds each window's patch indices
-    (:func:`zsad.windows.window_masks`). A zero window score makes its patches 0 (no NaN); a patch covered by no
-    window is an error.
+    ``M(p) = |W_p| / sum_{w in W_p} 1 / score(w)``. A zero (or negative) window score makes its patches 0 (no NaN);
+    a patch covered by no window is an error.
+
+    Parameters
+    ----------
+    window_scores : torch.Tensor
+        (N, n_windows) scores of each image's windows.
+    masks : torch.Tensor
+        (n_windows, k) each window's patch indices (:func:`zsad.windows.window_masks`).
+    grid : int or tuple of (int, int)
+        The patch grid: a side or ``(h, w)``.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, h, w) float64 map.
+
+    Raises
+    ------
+    ValueError
+        When ``window_scores`` is not 2-D or does not have one column per window, or some patch is covered by no
+        window.
     """
     h, w = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
     if window_scores.ndim != 2 or window_scores.shape[1] != masks.shape[0]:
@@ -134,16 +204,47 @@ def harmonic_aggregate(window_scores: torch.Tensor, masks: torch.Tensor, grid) -
 
 
 def harmonic_mean(maps: list[torch.Tensor]) -> torch.Tensor:
-    """Element-wise harmonic mean of equally shaped tensors (float64); a zero anywhere gives 0."""
+    """Return the element-wise harmonic mean of equally shaped tensors.
+
+    Parameters
+    ----------
+    maps : list of torch.Tensor
+        Tensors of one shape.
+
+    Returns
+    -------
+    torch.Tensor
+        float64 tensor of that shape; 0 wherever any input is zero (or negative).
+    """
     stack = torch.stack([m.double() for m in maps])
     out = len(maps) / (1.0 / stack.clamp_min(_TINY)).sum(0)
     return out.masked_fill((stack <= 0).any(0), 0.0)
 
 
 def memory_distance(query: torch.Tensor, memory: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-    """``min_r (1 - <f, r>) / 2`` for query features (N, L, D) against a memory (M, D) -> (N, L) float64.
+    """Return the nearest-neighbour distance ``min_r (1 - <f, r>) / 2`` of each query feature over a memory.
 
-    Both sides are L2-normalised here. Clamped at 0 (float round-off can give a cosine a hair above 1).
+    Both sides are L2-normalised here; cosines are computed in float32 on the memory's device. Clamped at 0 (float
+    round-off can give a cosine a hair above 1).
+
+    Parameters
+    ----------
+    query : torch.Tensor
+        (N, L, D) query features (L per image).
+    memory : torch.Tensor
+        (M, D) reference features.
+    chunk : int, default 16
+        Query images per similarity computation (memory bound).
+
+    Returns
+    -------
+    torch.Tensor
+        (N, L) float64 distances.
+
+    Raises
+    ------
+    ValueError
+        When ``memory`` is not 2-D or its dimension differs from the queries'.
     """
     if memory.ndim != 2 or query.shape[-1] != memory.shape[-1]:
         raise ValueError(f"memory {tuple(memory.shape)} does not fit query features {tuple(query.shape)}")
@@ -176,16 +277,28 @@ def winclip(test_windows: WindowTokens, text_prototypes: torch.Tensor, cfg: WinC
 
     Parameters
     ----------
-    test_windows : features of the test images (:func:`zsad.windows.extract_window_tokens`).
-    text_prototypes : (2, D) ``[normal, abnormal]`` prompt-ensemble prototypes (normalised here).
-    cfg : :class:`WinClipConfig`.
-    ref_windows : features of normal reference images, extracted with the same grid, stride and patch stream;
-        WinCLIP+ uses its first ``cfg.shots`` images. Must be None for zero-shot.
+    test_windows : WindowTokens
+        Features of the test images (:func:`zsad.windows.extract_window_tokens`).
+    text_prototypes : torch.Tensor
+        (2, D) ``[normal, abnormal]`` prompt-ensemble prototypes (normalised here).
+    cfg : WinClipConfig, default WinClipConfig()
+        The options (validated here).
+    ref_windows : WindowTokens, optional
+        Features of normal reference images, extracted with the same grid, stride and patch stream; WinCLIP+ uses
+        its first ``cfg.shots`` images. Must be None for zero-shot.
 
     Returns
     -------
-    MethodOutput with scores (N,) float64 and maps (N, out_size, out_size) float32; ``info`` records the
-    settings and, for WinCLIP+, the reference relpaths.
+    MethodOutput
+        Scores (N,) float64 and maps (N, out_size, out_size) float32; ``info`` records the settings and, for
+        WinCLIP+, the reference relpaths.
+
+    Raises
+    ------
+    ValueError
+        When the config is invalid, the features lack a scale or do not fit their grid and stride, ``ref_windows``
+        is given for zero-shot or missing / too small for WinCLIP+, or the references differ from the test
+        features in grid, stride or patch stream.
     """
     cfg = cfg.validated()
     scales = tuple(int(s) for s in cfg.scales)
