@@ -179,8 +179,15 @@ def test_bad_inputs_are_named_before_any_model_loads(tmp_path, monkeypatch, weav
         det.score([np.full((8, 8, 3), 2.0)])
     with pytest.raises(ValueError, match="k-shot method: call fit"):
         Detector("patchcore").score([good])
-    with pytest.raises(ValueError, match="zsad prompts generate --recipe llm_class"):
-        Detector("cheung", model="zsad-tiny-vit", class_name="frobnicator")
+    # a class name the LLM recipe cannot take, and generation options where nothing is generated: named first
+    with pytest.raises(ValueError, match="line breaks or control characters"):
+        Detector("cheung", model="zsad-tiny-vit", class_name="frob\nnicator")
+    with pytest.raises(ValueError, match="prompt_seed: fade reads no class prompts"):
+        Detector("fade", model="zsad-tiny-vit", prompt_seed=2)
+    with pytest.raises(ValueError, match="llm_model: class_prompts= is given"):
+        Detector("cheung", model="zsad-tiny-vit", class_prompts="llm_class_mvtec", llm_model=broken)
+    with pytest.raises(ValueError, match=r"broken\.png is not a GGUF file"):
+        Detector("cheung", model="zsad-tiny-vit", class_name="frobnicator", llm_model=broken)
     with pytest.raises(ValueError, match="option 'temprature' is not a setting of winclip"):
         Detector("winclip", model="zsad-tiny-vit", temprature=0.1)
 
@@ -206,3 +213,40 @@ def test_clone_detection_and_installed_defaults(tmp_path, monkeypatch):
     assert config.default_cache_dir(False) == tmp_path / "xdg" / "zsad"
     monkeypatch.chdir(tmp_path)
     assert config.default_results_dir(False) == tmp_path / "results"
+
+
+def test_inspect_cheung_on_a_new_class_records_its_generated_prompts(weave, tmp_path, monkeypatch):
+    """`zsad inspect --method cheung` on a class no committed file holds: prompts generated (a canned LLM stands in
+    for Gemma here; tests/test_prompts.py runs the real one) with --prompt-seed, and recorded in the report."""
+    import json
+
+    from zsad import llm
+
+    class Canned:
+        def __init__(self, model, n_threads=1):
+            self.model, self.n_threads = model, n_threads
+
+        settings = property(lambda self: {"file": self.model.file, "sha256": self.model.sha256})
+
+        def complete_list(self, prompt, seed, max_tokens):
+            text = " a clean even cap.\n" if "defect-free" in prompt else " a cap with a deep scratch.\n"
+            return {"text": text, "finish": "end_of_list", "n_tokens": 6}
+
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"GGUF")
+    monkeypatch.setattr(llm, "resolve_model", lambda m=None: llm.ModelInfo(fake, "f" * 64))
+    monkeypatch.setattr(llm, "Generator", Canned)
+    monkeypatch.setenv("ZSAD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    args = _parser().parse_args(["inspect", str(weave[1][0].path), str(weave[1][-1].path), "--out", str(out),
+                                 "--method", "cheung", "--class-name", "bottle cap", "--prompt-seed", "3",
+                                 "--model", "zsad-tiny-vit", "--eval-size", "64", "--threshold", "0.5", "--quiet"])
+    assert args.func(args) == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    gen = prov["class_prompts_generated"]
+    assert gen["classes"] == ["bottle cap"] and gen["seed"] == 3 and gen["model_sha256"] == "f" * 64
+    assert prov["parameters"]["class_prompts"] == [gen["file"]] and "-s3-" in gen["file"]
+    page = (out / "report.html").read_text()
+    assert "class prompts generated with the local LLM: fake.gguf" in page and "seed 3, for bottle cap" in page
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [r["decision"] for r in rows] == ["anomalous" if float(r["score"]) > 0.5 else "normal" for r in rows]

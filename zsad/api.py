@@ -27,6 +27,17 @@ as a test image. Zero-shot methods score every good image as a test image. The t
 100 good images it is their maximum (no good image is flagged), with more it ignores the top 1 % (a stray defective
 "good" image does not disable the detector). Decisions are ``score > threshold``. A k-shot method fitted with a single
 good image has no leave-one-out score (its memory would be empty): pass ``threshold=`` or more good images.
+
+Class prompts
+-------------
+Cheung et al.'s full method (``cheung``) and its ``cheung_no_object_detection`` row read LLM-written prompts for the
+class. ``class_prompts=`` names files; without it the committed ``prompts/llm_class_*.json`` file holding
+``class_name`` is used, and for any other class name the prompts are generated with the local Gemma 3 270M
+(:func:`zsad.prompt_generation.class_prompt_file`: the study's class recipe with the name and a generic product
+line, seed ``prompt_seed``), once: the file is cached under the cache folder keyed by (class name, seed, model
+sha256, recipe and code fingerprint), so the next detector for that class loads no LLM. The file records its own
+provenance (model file and sha256, llama-cpp-python version, sampling, raw output); :meth:`Detector.provenance`
+adds a summary under ``class_prompts_generated``.
 """
 from __future__ import annotations
 
@@ -36,7 +47,6 @@ from pathlib import Path
 
 import numpy as np
 
-from zsad import config
 from zsad.data import IMAGE_EXTENSIONS, DatasetError, ImageRecord, load_image, sample_references
 
 __all__ = ["Detector", "DEFAULT_QUANTILE", "image_records", "leave_one_out_threshold", "quantile_threshold"]
@@ -99,10 +109,28 @@ def image_records(images, *, cls: str = "object", split: str = "test", tmpdir=No
                   check: bool = True) -> list[ImageRecord]:
     """ImageRecords the study's runners accept, from paths, folders, PIL images and numpy arrays.
 
-    A folder stands for the images directly in it (sorted; an empty one is refused). Every image is decoded once
-    here (``check``), so that all unreadable ones are named together, before any model loads. PIL images and
-    arrays are written as PNG files into ``tmpdir`` (required when there are any). ``relpath`` is the path as given
-    (absolute for folder members) or ``<image i>`` for in-memory images.
+    Parameters
+    ----------
+    images : path, PIL image, array, or a sequence of them
+        A folder stands for the images directly in it (sorted; an empty one is refused).
+    cls : str
+        The class name the records carry.
+    split : {"test", "train"}
+        ``"train"`` marks the records as good references.
+    tmpdir : path, optional
+        Where PIL images and arrays are written as PNG files (required when there are any).
+    check : bool
+        Decode every image once here, so that all unreadable ones are named together, before any model loads.
+
+    Returns
+    -------
+    list of ImageRecord
+        ``relpath`` is the path as given (absolute for folder members) or ``<image i>`` for in-memory images.
+
+    Raises
+    ------
+    DatasetError
+        Unreadable images (all of them named), bad arrays, an empty folder, or no images at all.
     """
     records, errors = [], []
     for i, item in enumerate(_as_list(images)):
@@ -152,7 +180,20 @@ def image_records(images, *, cls: str = "object", split: str = "test", tmpdir=No
 # ---------------------------------------------------------------------------------------------- threshold
 
 def quantile_threshold(scores, quantile: float = DEFAULT_QUANTILE) -> float:
-    """The ``quantile`` of ``scores`` as an actual score (``numpy.quantile(method="higher")``)."""
+    """The ``quantile`` of ``scores`` as an actual score (``numpy.quantile(method="higher")``).
+
+    Parameters
+    ----------
+    scores : array-like
+        Scores (at least one).
+    quantile : float
+        In (0, 1].
+
+    Returns
+    -------
+    float
+        One of the scores: with up to 100 scores and the default 0.99, their maximum.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size == 0:
         raise ValueError("no scores to take a quantile of")
@@ -166,7 +207,20 @@ def _check_quantile(q) -> float:
 
 
 def leave_one_out_threshold(scores, quantile: float = DEFAULT_QUANTILE) -> float:
-    """Alias of :func:`quantile_threshold` for the good images' leave-one-out scores (the name says what goes in)."""
+    """Alias of :func:`quantile_threshold` for the good images' leave-one-out scores (the name says what goes in).
+
+    Parameters
+    ----------
+    scores : array-like
+        The good images' leave-one-out scores (:meth:`Detector.leave_one_out_scores`).
+    quantile : float
+        In (0, 1].
+
+    Returns
+    -------
+    float
+        The threshold.
+    """
     return quantile_threshold(scores, quantile)
 
 
@@ -189,8 +243,13 @@ class Detector:
     threshold, quantile : a fixed decision threshold, or the quantile of fit's leave-one-out scores.
     cnn_checkpoint : patchcore's torchvision WideResNet-50 file (default ``$ZSAD_CNN_CHECKPOINT``).
     mode, sizes, prompts, winclip_in_segmentation : FADE's arguments of :func:`zsad.study.predict`.
-    class_prompts, detector : Cheung et al.'s; without ``class_prompts`` the shipped ``llm_class_*.json`` file that
-        holds ``class_name`` is used.
+    class_prompts, detector : Cheung et al.'s; without ``class_prompts`` the committed ``llm_class_*.json`` file
+        that holds ``class_name`` is used, and for a class no committed file holds (your own), class prompts are
+        generated once with the local LLM and cached (:func:`zsad.prompt_generation.class_prompt_file`; module
+        docstring, "Class prompts").
+    prompt_seed, llm_model : that generation's seed (default 0, as the study's class files) and GGUF model file
+        (default: the packaged Gemma 3 270M); only for methods that read class prompts, and only without
+        ``class_prompts``.
     seed, eval_size, cache, autocast, device, progress : as :func:`zsad.study.predict`.
     **options : fields of the method's config dataclass (e.g. ``temperature=0.01`` for WinCLIP).
     """
@@ -198,8 +257,9 @@ class Detector:
     def __init__(self, method: str = "fade", shots: int | None = None, checkpoint=None, model: str | None = None,
                  class_name: str = "object", *, threshold: float | None = None, quantile: float = DEFAULT_QUANTILE,
                  cnn_checkpoint=None, mode=None, sizes=None, prompts=None, winclip_in_segmentation=None,
-                 class_prompts=None, detector=None, seed: int = 0, eval_size: int = 448, cache=True,
-                 autocast: str | None = None, device: str | None = None, progress: bool = False, **options):
+                 class_prompts=None, detector=None, prompt_seed: int | None = None, llm_model=None, seed: int = 0,
+                 eval_size: int = 448, cache=True, autocast: str | None = None, device: str | None = None,
+                 progress: bool = False, **options):
         from zsad import study
 
         if method not in study.METHODS:
@@ -225,8 +285,9 @@ class Detector:
                      detector=detector)
         study.check_method_arguments(method, given)
         self._given = {k: given[k] for k in _PARAM_ARGUMENTS}
-        if "class_prompts" in self.spec.uses and class_prompts is None:
-            self._given["class_prompts"] = self._find_class_prompts(required=method == "cheung")
+        self.prompt_seed: int | None = None
+        generate = self._check_generation(class_prompts, prompt_seed, llm_model)
+        self.class_prompts_generated_: dict | None = None
         autocast, self.device = autocast or None, study._default_device(device)
         import torch
 
@@ -242,6 +303,13 @@ class Detector:
 
         self.cache = FeatureCache() if cache is True else (cache or None)
         self._params(0)  # every argument and option checked now, before any image or model
+        if generate:  # the one expensive step of the constructor (the LLM), after every cheap check
+            from zsad.prompt_generation import class_prompt_file, generated_class_provenance
+
+            path = class_prompt_file(class_name, self.prompt_seed, model=llm_model, progress=self.progress)
+            self._given["class_prompts"] = (path,)
+            self.class_prompts_generated_ = generated_class_provenance(path)
+            self._params(0)
         self.references_: list[ImageRecord] = []
         self.memory_: list[ImageRecord] = []
         self.reference_scores_: np.ndarray | None = None
@@ -255,20 +323,46 @@ class Detector:
                 f"references={len(self.references_)}, threshold={self.threshold_!r})")
 
     # -- parameters, as plan_run builds them
-    def _find_class_prompts(self, required: bool):
+    def _check_generation(self, class_prompts, prompt_seed, llm_model) -> bool:
+        """Resolve the class prompts of a method that reads them; True when they must be generated (no committed
+        file holds the class). ``prompt_seed`` / ``llm_model`` are refused where no generation could apply them."""
+        from zsad import study
+        from zsad.prompt_generation import check_class_name
+
+        reads = "class_prompts" in self.spec.uses
+        if not reads or class_prompts is not None:
+            extra = [n for n, v in (("prompt_seed", prompt_seed), ("llm_model", llm_model)) if v is not None]
+            if extra:
+                why = (f"{self.method} reads no class prompts" if not reads else
+                       "class_prompts= is given, so nothing is generated")
+                raise ValueError(f"{', '.join(extra)}: {why}; leave {'them' if len(extra) > 1 else 'it'} out")
+            return False
+        self.prompt_seed = study._int("prompt_seed", 0 if prompt_seed is None else prompt_seed, low=0)
+        if llm_model is not None:
+            from zsad import llm
+
+            llm.resolve_model(llm_model)  # a missing or non-GGUF file is named now
+        committed = self._committed_class_prompts()
+        if committed:
+            if prompt_seed is not None or llm_model is not None:
+                raise ValueError(f"class {self.class_name!r} has committed class prompts ({committed[0].name}), so "
+                                 "nothing is generated: leave prompt_seed/llm_model out, or pass class_prompts=")
+            self._given["class_prompts"] = committed
+            return False
+        check_class_name(self.class_name)  # a name the recipe cannot take is named before any model loads
+        return True
+
+    def _committed_class_prompts(self) -> tuple:
+        """The committed llm_class files, when one of them holds ``class_name`` (else an empty tuple)."""
+        from zsad.resources import data_path
         from zsad.runners import class_prompts_for
 
-        files = sorted(config.PROMPTS_DIR.glob("llm_class_*.json"))
+        files = sorted(data_path("prompts").glob("llm_class_*.json"))
         try:
             class_prompts_for(self.class_name, files)
-            return tuple(files)
         except ValueError:
-            if not required:
-                return None
-        raise ValueError(f"{self.method} needs LLM class prompts for class {self.class_name!r}, and no prompt file in "
-                         f"{config.display_path(config.PROMPTS_DIR)}/ holds it: write one with `zsad prompts "
-                         f"generate --recipe llm_class ...` and pass it as class_prompts=, or use "
-                         "cheung_no_prompt_generation (WinCLIP's prompts)")
+            return ()
+        return tuple(files)
 
     def _params(self, shots: int) -> dict:
         """The runner parameters :func:`zsad.study.plan_run` would build for ``shots`` memory images (the same
@@ -314,8 +408,21 @@ class Detector:
 
     # -- scikit-learn style
     def fit(self, good_images, y=None):
-        """Keep the good images (the few-shot memory: all of them, or ``shots`` of them) and, unless a threshold
-        was given, set ``threshold_`` from their leave-one-out scores (module docstring). Returns self."""
+        """Keep the good images and, unless a threshold was given, set ``threshold_`` from their leave-one-out scores.
+
+        Parameters
+        ----------
+        good_images : path, PIL image, array, or a sequence of them
+            Normal images: the few-shot memory (all of them, or ``shots`` of them drawn by ``seed``) and the
+            threshold's references (module docstring).
+        y : ignored
+            For scikit-learn's ``fit(X, y)`` signature.
+
+        Returns
+        -------
+        Detector
+            self.
+        """
         if self._tmp is not None:
             self._tmp.cleanup()
         self._tmp = tempfile.TemporaryDirectory(prefix="zsad-refs-")
@@ -365,7 +472,18 @@ class Detector:
         return scores
 
     def score_and_maps(self, images) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-        """``(scores, maps or None for image-level methods, names)`` from one pass; maps at ``eval_size``."""
+        """Scores and maps of ``images`` from one pass.
+
+        Parameters
+        ----------
+        images : path, PIL image, array, or a sequence of them
+            The images to score.
+
+        Returns
+        -------
+        (numpy.ndarray, numpy.ndarray or None, list of str)
+            ``(N,)`` scores, ``(N, eval_size, eval_size)`` float32 maps (None for image-level methods) and the names.
+        """
         import torch
 
         from zsad.methods.base import resize_maps
@@ -383,33 +501,87 @@ class Detector:
         return out.scores, maps, [r.relpath for r in records]
 
     def score(self, images) -> np.ndarray:
-        """(N,) image anomaly scores, higher = more anomalous."""
+        """Image anomaly scores, higher = more anomalous.
+
+        Parameters
+        ----------
+        images : path, PIL image, array, or a sequence of them
+            The images to score.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(N,)`` scores.
+        """
         return self.score_and_maps(images)[0]
 
     def anomaly_maps(self, images) -> np.ndarray:
-        """(N, eval_size, eval_size) float32 anomaly maps over each image square-resized (as the runners see it)."""
+        """Anomaly maps over each image square-resized (as the runners see it).
+
+        Parameters
+        ----------
+        images : path, PIL image, array, or a sequence of them
+            The images to score.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(N, eval_size, eval_size)`` float32; an image-level method (Cheung et al.) is a ValueError.
+        """
         _, maps, _ = self.score_and_maps(images)
         if maps is None:
             raise ValueError(f"{self.method} scores whole images only: it has no anomaly maps")
         return maps
 
     def decide(self, scores) -> np.ndarray:
-        """(N,) int decisions for given scores: 1 = anomalous (score > threshold), 0 = normal."""
+        """Decisions for given scores.
+
+        Parameters
+        ----------
+        scores : array-like
+            Scores of this detector.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(N,)`` int: 1 = anomalous (score > threshold), 0 = normal; no threshold is a ValueError saying why.
+        """
         if self.threshold_ is None:
             raise ValueError(f"no threshold: {self.threshold_note_}")
         return (np.asarray(scores, dtype=np.float64) > self.threshold_).astype(np.int64)
 
     def predict(self, images) -> np.ndarray:
-        """(N,) decisions, 1 = anomalous: needs ``threshold=`` or a fit with good images."""
+        """Decisions for images: needs ``threshold=`` or a fit with good images.
+
+        Parameters
+        ----------
+        images : path, PIL image, array, or a sequence of them
+            The images to decide on.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(N,)`` int: 1 = anomalous (score > threshold), 0 = normal.
+        """
         if self.threshold_ is None:
             raise ValueError(f"no threshold: {self.threshold_note_}")
         return self.decide(self.score(images))
 
     def provenance(self) -> dict:
-        """Where results came from (:func:`zsad.results.provenance`): weights, commit, parameters, references."""
+        """Where results came from (:func:`zsad.results.provenance`).
+
+        Returns
+        -------
+        dict
+            Weights (RANDOM or sha256), commit, resolved parameters, the few-shot memory, the threshold and its
+            rule, the good images, and ``class_prompts_generated`` (model, seed, file) when class prompts were
+            generated for this detector's class.
+        """
         from zsad.results import provenance
 
         return provenance(self.parameters(), model=self._model(), seed=self.seed,
                           references={self.class_name: [r.relpath for r in self.memory_]} if self.memory_ else None,
                           extra={"threshold": self.threshold_, "threshold_rule": self.threshold_note_,
-                                 "good_images": [r.relpath for r in self.references_]})
+                                 "good_images": [r.relpath for r in self.references_],
+                                 **({"class_prompts_generated": self.class_prompts_generated_}
+                                    if self.class_prompts_generated_ else {})})

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from zsad.resources import SHIPPED_DIR, data_path  # noqa: F401  (SHIPPED_DIR: package data of an installed zsad)
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
-#: Package data of an installed zsad: ``prompts/*.json`` and ``paper_reported.csv``.
-SHIPPED_DIR = PACKAGE_DIR / "_data"
 
 
 def is_clone(root=PROJECT_ROOT) -> bool:
@@ -56,9 +56,9 @@ MAGNETIC_TILE_SUBSET = DATA_DIR / "magnetic_tile_subset"
 SYNTHETIC_DIR = DATA_DIR / "synthetic"
 SYNTHETIC_SEED = 0
 RESULTS_DIR = Path(os.environ["ZSAD_RESULTS"]) if "ZSAD_RESULTS" in os.environ else default_results_dir()
-PROMPTS_DIR = PROJECT_ROOT / "prompts" if IN_CLONE else SHIPPED_DIR / "prompts"
+PROMPTS_DIR = data_path("prompts", in_clone=IN_CLONE, root=PROJECT_ROOT)
 #: The values the papers report (``zsad.paper``).
-PAPER_REPORTED = (PROJECT_ROOT / "results" if IN_CLONE else SHIPPED_DIR) / "paper_reported.csv"
+PAPER_REPORTED = data_path("paper_reported", in_clone=IN_CLONE, root=PROJECT_ROOT)
 
 DATASET_ENV = {"mvtec": "ZSAD_MVTEC_ROOT", "visa": "ZSAD_VISA_ROOT", "magnetic_tile": "ZSAD_MAGNETIC_TILE_ROOT"}
 

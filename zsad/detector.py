@@ -208,10 +208,20 @@ def load_detector(folder: str | os.PathLike | None = None, seed: int = 0, small:
 
     Parameters
     ----------
-    folder : a local Hugging Face-format Grounding DINO folder (loaded with ``local_files_only=True``). None: random
+    folder : path, optional
+        A local Hugging Face-format Grounding DINO folder (loaded with ``local_files_only=True``). None: random
         weights (marked RANDOM in :attr:`LoadedDetector.weights_label` and the provenance).
-    seed : seed of the random initialisation.
-    small : random init only: the tiny test config instead of the default (grounding-dino-tiny-shaped) one.
+    seed : int
+        Seed of the random initialisation.
+    small : bool
+        Random init only: the tiny test config instead of the default (grounding-dino-tiny-shaped) one.
+    device : str or torch.device
+        Where the model runs.
+
+    Returns
+    -------
+    LoadedDetector
+        The model, its processor and its weights' identity; a bad folder is a :class:`DetectorError` naming it.
     """
     if folder is None:
         model, processor = _random_detector(int(seed), bool(small))
@@ -243,8 +253,18 @@ def detection_cache_size() -> int:
 
 
 def caption(text: str) -> str:
-    """Grounding DINO's caption rule: lower case, single spaces, ending with ``"."`` (``"Metal nut"`` ->
-    ``"metal nut."``)."""
+    """Grounding DINO's caption rule: lower case, single spaces, ending with ``"."``.
+
+    Parameters
+    ----------
+    text : str
+        The query, e.g. the class name (``"Metal nut"``).
+
+    Returns
+    -------
+    str
+        ``"metal nut."``; an empty query is a ValueError.
+    """
     text = " ".join(str(text).lower().split())
     if not text.strip(" ."):
         raise ValueError("empty detection query")
@@ -267,10 +287,27 @@ def _check_threshold(name: str, value) -> float:
 @torch.inference_mode()
 def detect(detector: LoadedDetector, image: Image.Image, text: str, box_threshold: float = BOX_THRESHOLD,
            text_threshold: float = TEXT_THRESHOLD, *, use_cache: bool = True) -> Detections:
-    """Boxes of the objects matching ``text`` (the class name) in ``image`` (a PIL image, converted to RGB).
+    """Boxes of the objects matching ``text`` (the class name) in ``image``.
 
-    Returns :class:`Detections` in pixel coordinates of ``image``, sorted by score; boxes may cross the image
-    border (clamping is the cropping step's job). Results are cached in memory (module docstring).
+    Parameters
+    ----------
+    detector : LoadedDetector
+        From :func:`load_detector`.
+    image : PIL.Image.Image
+        Converted to RGB.
+    text : str
+        The query (:func:`caption` is applied).
+    box_threshold, text_threshold : float
+        In [0, 1): a box is kept when its best token probability exceeds ``box_threshold``; ``text_threshold``
+        picks the tokens of its label.
+    use_cache : bool
+        Use and fill the in-memory detection cache (module docstring).
+
+    Returns
+    -------
+    Detections
+        Boxes in pixel coordinates of ``image``, sorted by score; boxes may cross the image border (clamping is
+        the cropping step's job).
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"detect expects a PIL image, got {type(image).__name__}")

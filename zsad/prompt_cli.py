@@ -1,7 +1,10 @@
-"""``zsad prompts ...``: generate, show and check the seeded LLM prompt ensembles (thin shells over zsad.prompts).
+"""``zsad prompts ...``: generate, show and check the seeded LLM prompt ensembles (thin shells over
+zsad.prompt_generation).
 
 ``zsad prompts generate --recipe llm_generic --seed 0 --out prompts/llm_generic_seed0.json``
 ``zsad prompts generate --recipe llm_class --dataset mvtec --seed 0 --out prompts/llm_class_mvtec.json``
+``zsad prompts generate --recipe llm_class --classes "bottle cap,pcb"``  (your own classes: one cached file per
+class, the ones ``zsad inspect`` / ``zsad.Detector`` use; with ``--out FILE``, one file holding them all)
 ``zsad prompts show prompts/llm_generic_seed0.json``
 ``zsad prompts check``  (regenerates every committed file under prompts/ and fails if any byte differs)
 """
@@ -14,13 +17,46 @@ from pathlib import Path
 DATASETS = ("mvtec", "visa", "magnetic_tile")
 
 
-def _cmd_generate(args) -> int:
-    from zsad.prompts import generate_ensemble, write_prompt_file
+def parse_classes(text: str | None) -> list[str] | None:
+    """``--classes`` as a list: comma-separated class names, each stripped of surrounding spaces.
 
+    Parameters
+    ----------
+    text : str or None
+        E.g. ``"bottle cap,pcb"``.
+
+    Returns
+    -------
+    list of str or None
+        None when not given; an empty item (``"a,,b"``) is a ValueError naming the option.
+    """
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",")]
+    if not all(names):
+        raise ValueError(f"--classes {text!r}: an empty class name (comma-separated names expected)")
+    return names
+
+
+def _cmd_generate(args) -> int:
+    from zsad.prompt_generation import class_prompt_file, generate_ensemble, write_prompt_file
+
+    classes = parse_classes(args.classes)
+    if classes and args.recipe != "llm_class":
+        raise ValueError("--classes applies to --recipe llm_class only")
+    start = time.perf_counter()
+    if args.out is None:
+        if not classes or args.dataset:
+            raise ValueError("--out is required (without it, only --recipe llm_class --classes NAMES writes to the "
+                             "cache)")
+        for cls in classes:  # one cached file per class, the same ones zsad inspect / zsad.Detector read
+            path = class_prompt_file(cls, args.seed, model=args.model, n_threads=args.threads, progress=True)
+            print(f"{cls}: {path}")
+        print(f"{len(classes)} class file(s) ready ({time.perf_counter() - start:.0f} s)")
+        return 0
     if args.out.exists() and not args.overwrite:
         raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
-    start = time.perf_counter()
-    data = generate_ensemble(args.recipe, args.seed, model=args.model, dataset=args.dataset,
+    data = generate_ensemble(args.recipe, args.seed, model=args.model, dataset=args.dataset, classes=classes,
                              n_threads=args.threads, progress=True)
     write_prompt_file(args.out, data)
     n_tok = sum(r["n_tokens"] for r in data["raw_output"])
@@ -48,7 +84,22 @@ def _show_side(name: str, block: dict, n: int, indent: str = "  ") -> list[str]:
 
 
 def show_text(path, n: int = 5, cls: str | None = None) -> str:
-    """The report ``zsad prompts show`` prints: provenance, counts per side (and class), a sample of prompts."""
+    """The report ``zsad prompts show`` prints: provenance, counts per side (and class), a sample of prompts.
+
+    Parameters
+    ----------
+    path : path
+        A prompt file (generated or hand-written).
+    n : int
+        Prompts shown per side.
+    cls : str, optional
+        The class to sample from an llm_class file (default: the first).
+
+    Returns
+    -------
+    str
+        The report.
+    """
     import json
 
     from zsad.prompts import FORMAT, SIDES, read_prompt_file
@@ -104,7 +155,7 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from zsad.prompts import committed_prompt_files, regenerate_prompt_file
+    from zsad.prompt_generation import committed_prompt_files, regenerate_prompt_file
 
     files = list(args.files) or committed_prompt_files()
     if not files:
@@ -124,19 +175,35 @@ def _cmd_check(args) -> int:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    """Add the ``prompts`` command tree to an argparse ``subparsers`` object; returns its parser."""
+    """Add the ``prompts`` command tree (generate, show, check) to the ``zsad`` sub-command parsers.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        What ``ArgumentParser.add_subparsers`` returned for ``zsad``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``prompts`` parser.
+    """
     top = subparsers.add_parser("prompts", help="generate, show and check the seeded LLM prompt ensembles")
     sub = top.add_subparsers(dest="prompts_command", required=True)
 
     p = sub.add_parser("generate", help="generate one ensemble file with the seeded local LLM (minutes)")
     p.add_argument("--recipe", required=True, choices=["llm_generic", "llm_class"],
                    help="llm_generic: five FADE-style recipes without class names; llm_class: per-class descriptions")
-    p.add_argument("--seed", type=int, required=True, help="generation seed (the study uses 0..4 for llm_generic)")
+    p.add_argument("--seed", type=int, default=0, help="generation seed [0] (the study uses 0..4 for llm_generic, "
+                                                       "0 for llm_class)")
     p.add_argument("--model", type=Path, help="a GGUF model file (default: the packaged Gemma 3 270M, assembled once)")
-    p.add_argument("--dataset", choices=DATASETS, help="the classes for llm_class")
+    p.add_argument("--dataset", choices=DATASETS, help="llm_class: every class of this dataset (or the --classes "
+                                                       "subset of it)")
+    p.add_argument("--classes", help="llm_class: comma-separated class names, e.g. \"bottle cap,pcb\"; without "
+                                     "--dataset any names (your own classes); without --out one cached file each")
     p.add_argument("--threads", type=int, help="llama.cpp threads (default 1; recorded; outputs are compared "
                                                "across runs with the same value)")
-    p.add_argument("--out", required=True, type=Path, help="JSON file to write (atomically)")
+    p.add_argument("--out", type=Path, help="JSON file to write (atomically); optional only with --classes "
+                                            "(then the cache)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=_cmd_generate)
 
