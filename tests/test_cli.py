@@ -14,6 +14,17 @@ def test_help_runs():
     assert out.returncode == 0 and "doctor" in out.stdout and "eval" in out.stdout
 
 
+def test_the_command_line_lists_every_table_and_method():
+    from zsad.cli import GRID_TABLES, build_parser
+    from zsad.grids import TABLES
+    from zsad.study import METHODS
+
+    assert GRID_TABLES == list(TABLES)
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]
+    method_help = next(a.help for a in predict._actions if "--method" in a.option_strings)
+    assert set(method_help.replace(",", " ").split()) == set(METHODS)
+
+
 def test_doctor_reports_random_weights(capsys, monkeypatch):
     monkeypatch.delenv("ZSAD_CHECKPOINT", raising=False)
     assert main(["doctor"]) == 0

@@ -135,3 +135,43 @@ def test_autocast_values_are_checked(tiny, records):
         extract_tokens(tiny, records[:1], [96], progress=False, autocast="fp16")  # the model is on the CPU
     with pytest.raises(ValueError, match="autocast must be"):
         extract_tokens(tiny, records[:1], [96], progress=False, autocast="bfloat16")
+
+
+# ------------------------------------------------------------------------------- intermediate layers (MuSc)
+
+
+@pytest.fixture
+def layer_counter(monkeypatch):
+    """Count the tower passes of extract_layers (encode_tokens_and_layers calls) and their batch sizes."""
+    calls = []
+    real = features.encode_tokens_and_layers
+
+    def counting(model, pixels, layers, **kw):
+        calls.append(pixels.shape[0])
+        return real(model, pixels, layers, **kw)
+
+    monkeypatch.setattr(features, "encode_tokens_and_layers", counting)
+    return calls
+
+
+def test_layers_come_with_the_same_streams_from_one_cached_pass(tiny, records, plain, tmp_path, layer_counter,
+                                                                counter):
+    from zsad.features import extract_layers, layer_params
+
+    cache = FeatureCache(tmp_path)
+    tokens, taps = extract_layers(tiny, records, 96, (2, 11), progress=False, cache=cache)
+    assert layer_counter == [3] and counter == []  # one pass of the tower for both streams and the layers
+    assert torch.equal(tokens.clip[96], plain.clip[96]) and torch.equal(tokens.gem[96], plain.gem[96])
+    assert taps[2].shape == (3, 1 + 6 * 6, 64)
+    # the same pass filled the ordinary tokens entries under their unchanged key: extract_tokens reads them back
+    again = extract_tokens(tiny, records, (96,), progress=False, cache=cache)
+    assert counter == [] and torch.equal(again.clip[96], plain.clip[96])
+    tokens2, taps2 = extract_layers(tiny, records, 96, (2, 11), progress=False, cache=cache)
+    assert layer_counter == [3] and torch.equal(taps2[11], taps[11])  # read back bit for bit, no pass
+    # other layers are another entry; the ordinary tokens hit, the pass still runs once for the new layers
+    _, taps3 = extract_layers(tiny, records, 96, (5,), progress=False, cache=cache)
+    assert layer_counter == [3, 3] and taps3[5].shape == (3, 37, 64)
+    assert layer_params(96, (2, 11))["streams"] == ["layer2", "layer11"]
+    assert {k: v for k, v in layer_params(96, (2,)).items() if k not in ("streams", "layers", "normalise",
+                                                                          "output")} == \
+        {k: v for k, v in token_params(96).items() if k not in ("streams", "normalise")}

@@ -397,3 +397,35 @@ def test_encoders_accept_what_load_model_returns():
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     assert torch.equal(encode_prompts(loaded, None, ["a photo"]), encode_prompts(loaded.model, loaded.tokenizer,
                                                                                    ["a photo"]))
+
+
+# ------------------------------------------------------------------------------- intermediate layers (MuSc)
+
+
+def test_layers_equal_open_clip_block_outputs_and_leave_the_streams_unchanged(tiny):
+    """The residual stream after blocks 2, 5, 8, 11 equals open_clip's own intermediates (not normalised), the last
+    one through ln_post and proj is the CLIP stream, and asking for layers changes neither stream by a bit."""
+    from zsad.gem import _head, encode_tokens_and_layers
+
+    x = _pixels(2, 240, seed=7)
+    layers = (2, 5, 8, 11)
+    with torch.no_grad():
+        plain = encode_tokens(tiny, x)
+        streams, taps = encode_tokens_and_layers(tiny, x, layers)
+        ref = tiny.visual.forward_intermediates(x, indices=list(layers), normalize_intermediates=False,
+                                                output_fmt="NLC", output_extra_tokens=True)
+    assert torch.equal(streams.clip, plain.clip) and torch.equal(streams.gem, plain.gem)
+    assert list(taps) == list(layers) and taps[2].shape == (2, 1 + 15 * 15, 64)  # the tower's width, not 32
+    for j, layer in enumerate(layers):
+        want = torch.cat([ref["image_intermediates_prefix"][j], ref["image_intermediates"][j]], dim=1)
+        torch.testing.assert_close(taps[layer], want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(_head(tiny.visual, taps[11]), streams.clip)
+
+
+@pytest.mark.parametrize("layers, match", [((), "empty"), ((12,), r"\[0, 12\)"), ((3, 3), "distinct"),
+                                           ((True,), "block indices")])
+def test_bad_layers(tiny, layers, match):
+    from zsad.gem import encode_tokens_and_layers
+
+    with pytest.raises(ValueError, match=match):
+        encode_tokens_and_layers(tiny, _pixels(1, 32), layers)

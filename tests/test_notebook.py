@@ -76,7 +76,7 @@ def test_every_study_chapter_has_the_one_run_parameter_block():
     listed), check them with run=True and pass them on with run_arguments(globals()). t01 (data) and t10 (per-class
     appendix, which only reads run folders) run nothing."""
     study = [p for p in _chapters() if p.stem not in ("t01_data", "t10_per_class")]
-    assert len(study) == 8
+    assert len(study) == 9
     for path in study:
         nb = read_source(path)
         cell, _, check = _parameters(nb)
@@ -123,7 +123,7 @@ def test_every_source_and_executed_notebook_agree():
     import nbformat
 
     sources = _chapters()
-    assert len(sources) == 10
+    assert len(sources) == 11
     assert sorted(p.stem for p in NOTEBOOKS.glob("t*.ipynb")) == [p.stem for p in sources]
     for path in sources:
         text = path.read_text(encoding="utf-8")

@@ -56,3 +56,21 @@ def test_every_reported_value_of_a_table_has_its_cell(key):
 def test_fusion_rules_come_from_the_code():
     md = fusion_rules().to_markdown()
     assert "clip01(0.5 M_lang + 0.5 · 80 M_vis)" in md and "clip01(0.15 M_lang + 0.85 · 3.5 M_vis)" in md
+
+
+def test_musc_table_places_each_reported_value_and_ours_beside_it():
+    """MuSc's table (zero-shot, MVTec AD and VisA): hand-made reported rows land in exactly one cell each, and our
+    MuSc runs fill the "ours" cells of their dataset."""
+    rows = [("musc2024", "Tab. 1", ds, "musc", "0-shot", "", m, v, float("nan"), "hand-made", "")
+            for ds, vals in (("mvtec", (0.901, 0.902, 0.903)), ("visa", (0.801, 0.802, 0.803)))
+            for m, v in zip(("auroc", "pauroc", "pro"), vals)]
+    rep = pd.DataFrame(rows, columns=["paper", "table", "dataset", "method", "setting", "variant", "metric", "value",
+                                      "std", "source", "note"])
+    ours = _metrics([("synthetic", "musc", "0-shot", 0, "pauroc", 0.75), ("synthetic", "fade", "0-shot", 0, "pauroc",
+                                                                        0.5)])
+    t = paper_shaped(ours, "musc2024", "Tab. 1", reported=rep).frame.set_index("method")
+    assert t.loc["MuSc", "AUROC · MVTec-AD · paper"] == "90.1" and t.loc["MuSc", "PRO · VisA · paper"] == "80.3"
+    assert t.loc["MuSc", "pAUROC · synthetic · ours"] == "75.0 (1 run)"
+    assert t.loc["MuSc", "AUROC · synthetic · ours"] == "not run"
+    cells = t[[c for c in t.columns if c.endswith("· paper")]].to_numpy().ravel()
+    assert sorted(cells) == sorted(f"{100 * r[7]:.1f}" for r in rows)  # each value in exactly one cell

@@ -280,3 +280,51 @@ def test_winclip_only_segmentation_is_a_labelled_ablation(synth_root):
     assert ablation["provenance"]["parameters"]["prompts"] == []
     assert not np.array_equal(full["predictions"]["maps"], ablation["predictions"]["maps"])  # the LLM prompts act
     assert np.array_equal(full["predictions"]["scores"], ablation["predictions"]["scores"])  # AC: class prompts only
+
+
+# ---------------------------------------------------------------------------------------------------- MuSc
+
+
+def test_musc_predict_equals_the_pure_method_on_the_one_feature_pass(synth_root, tmp_path):
+    """zsad.predict(method="musc") is the runner's composition: tokens of the chosen layers from extract_layers,
+    the class tokens from the CLIP stream's CLS, then zsad.methods.musc.musc; maps at the evaluation size."""
+    import torch
+
+    from zsad.backbone import load_model
+    from zsad.cache import FeatureCache
+    from zsad.data import load_dataset
+    from zsad.features import extract_layers
+    from zsad.methods.musc import MuscConfig, musc
+
+    run = predict("musc", "synthetic", synth_root, classes="weave", model="zsad-tiny-vit", sizes="96",
+                  max_images=6, eval_size=64, n_boot=0, progress=False, cache=FeatureCache(tmp_path / "cache"))
+    cfg = run["provenance"]["parameters"]["config"]
+    assert cfg["image_size"] == 96 and cfg["rscin_k"] == [1, 2, 3] and cfg["layers"] is None
+    test = [r for r in load_dataset("mvtec", synth_root, split="test", classes=["weave"])]
+    test = [r for r in test if r.relpath in set(run["predictions"]["paths"])]
+    tokens, taps = extract_layers(load_model("zsad-tiny-vit", seed=0), test, 96, (2, 5, 8, 11), progress=False)
+    want = musc(taps, tokens.clip[96][:, 0], MuscConfig(image_size=96), out_size=64)
+    np.testing.assert_array_equal(run["predictions"]["scores"], want.scores)
+    np.testing.assert_array_equal(run["predictions"]["maps"], want.maps)
+    assert run["predictions"]["maps"].shape == (6, 64, 64) and not torch.is_tensor(run["predictions"]["maps"])
+    # the final GEM tokens instead of the layers: another token stream, other scores
+    gem = predict("musc", "synthetic", synth_root, classes="weave", model="zsad-tiny-vit", sizes="96",
+                  max_images=6, eval_size=64, n_boot=0, progress=False, cache=False, options={"features": "gem"})
+    assert not np.array_equal(gem["predictions"]["scores"], run["predictions"]["scores"])
+
+
+def test_musc_settings_are_checked_before_any_model_runs(synth_root, no_compute):
+    with pytest.raises(ValueError, match=r"class 'weave' .* has 4 test images \(with --max-images 4\).*too few"):
+        predict("musc", "synthetic", synth_root, classes="weave", max_images=4, n_boot=0, progress=False)
+    with pytest.raises(ValueError, match="musc scores one image size"):
+        predict("musc", "synthetic", synth_root, sizes="240,448", n_boot=0, progress=False)
+    with pytest.raises(ValueError, match="musc is zero-shot"):
+        predict("musc", "synthetic", synth_root, shots=1, n_boot=0, progress=False)
+    with pytest.raises(ValueError, match="bad musc option: r_list must hold odd"):
+        predict("musc", "synthetic", synth_root, options={"r_list": [2]}, n_boot=0, progress=False)
+    with pytest.raises(ValueError, match="RsCIN window 9"):
+        predict("musc", "synthetic", synth_root, options={"rscin_k": [1, 8, 9]}, max_images=8, n_boot=0,
+                progress=False)
+    visa = METHODS["musc"].config({"dataset": "visa", "options": {}})  # the official windows per dataset
+    assert visa.rscin_k == (1, 8, 9) and METHODS["musc"].config({"dataset": "synthetic", "options": {}}).rscin_k \
+        == (1, 2, 3)

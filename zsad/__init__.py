@@ -37,6 +37,7 @@ _PUBLIC = {
     "weights_banner": "zsad.tables", "weights_label": "zsad.tables",
     "gem_vs_clip_settings": "zsad.grids", "scale_settings": "zsad.grids", "prompt_settings": "zsad.grids",
     "tamura_settings": "zsad.grids", "cheung_settings": "zsad.grids", "guidance_settings": "zsad.grids",
+    "musc_settings": "zsad.grids",
     "per_class": "zsad.tables", "read_results": "zsad.grids",
     "paper_shaped": "zsad.paper_tables", "MarkdownTable": "zsad.paper_tables", "fusion_rules": "zsad.paper_tables",
     "plan_run": "zsad.study",

@@ -7,6 +7,11 @@ import sys
 from pathlib import Path
 
 
+#: ``zsad grid`` tables (the keys of :data:`zsad.grids.TABLES`; listed here so ``zsad --help`` imports no torch,
+#: and tested to agree).
+GRID_TABLES = ["main", "gem-vs-clip", "prompts", "scales", "cheung", "tamura", "guidance", "musc"]
+
+
 def _human(n: int) -> str:
     """A byte count in B / KiB / MiB / GiB."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -186,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="run one method on a dataset and write a run folder")
     p.add_argument("--method", default="fade", help="fade, winclip, patchcore, tamura, cheung, "
-                                                    "cheung_no_prompt_generation, cheung_no_object_detection")
+                                                    "cheung_no_prompt_generation, cheung_no_object_detection, musc")
     p.add_argument("--dataset", default="synthetic", choices=["synthetic", "mvtec", "visa", "magnetic_tile", "folder"])
     p.add_argument("--root", type=Path, help="dataset root (default: the embedded or configured one)")
     p.add_argument("--classes", help="comma-separated classes (default: all)")
@@ -197,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="few-shot reference sampling seed")
     p.add_argument("--mode", choices=["language", "vision", "both"], help="fade: guidance [both]")
-    p.add_argument("--sizes", help="fade: segmentation scales, multiples of 16 [240,448,896]")
+    p.add_argument("--sizes", help="fade: segmentation scales, multiples of 16 [240,448,896]; "
+                                    "musc: its one input size [240]")
     p.add_argument("--prompts", help="fade: comma-separated LLM prompt files added to WinCLIP's segmentation "
                                      "ensemble [llm_generic_seed0, as FADE]; none: WinCLIP's ensemble only")
     p.add_argument("--class-prompts", help="LLM class-prompt file (cheung; default: the WinCLIP ensemble)")
@@ -214,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grid", help="run one of the study's tables (every dataset x setting x seed), in-process or "
                                     "on Ray, and print its summary")
-    p.add_argument("table", choices=["main", "gem-vs-clip", "prompts", "scales", "cheung", "tamura", "guidance"])
+    p.add_argument("table", choices=GRID_TABLES)
     p.add_argument("--preset", choices=["default", "paper"],
                    help="paper: ViT-B-16-plus-240, mvtec,visa, all test images, seeds 0-4, 1000 resamples "
                         "(explicit options win)")

@@ -38,6 +38,9 @@ tokens"), for each wrapped block l with original-stream input ``z`` and GEM-stre
 ``g`` starts as the output of the last un-wrapped block. Both streams leave through ``ln_post`` (all tokens) and
 ``@ proj``. Every attention is a ``scaled_dot_product_attention`` call (the three self-self streams batched in one),
 so large inputs (896 px: 3137 tokens) do not materialise all attention maps at once.
+
+:func:`encode_tokens_and_layers` also hands out the ordinary stream ``z`` as it leaves chosen blocks (MuSc's
+intermediate-layer tokens) from the same pass; the arithmetic of both streams is the same either way.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GemTokens", "encode_tokens", "encode_tokens_multi", "resize_pos_embed"]
+__all__ = ["GemTokens", "encode_tokens", "encode_tokens_and_layers", "encode_tokens_multi", "resize_pos_embed"]
 
 DEFAULT_GEM_DEPTH = 7
 DEFAULT_SS_ATTN_ITER = 1
@@ -75,6 +78,16 @@ def resize_pos_embed(posemb: torch.Tensor, grid: int | tuple[int, int]) -> torch
     The patch part is resized with bicubic interpolation with antialias (``align_corners=False``), as GEM's
     ``resample_abs_pos_embed`` does; the CLS row is kept as it is. At the native grid the input is returned unchanged.
     Interpolation runs in float32 and the result is cast back to the input dtype.
+
+    Parameters
+    ----------
+    posemb : (1 + n*n, D) or (1, 1 + n*n, D), the stored embedding (one CLS row, a square grid).
+    grid : the new grid, an int (square) or (h, w).
+
+    Returns
+    -------
+    torch.Tensor
+        (1 + h*w, D), with the input's batch axis when it had one.
     """
     batched = posemb.dim() == 3
     if batched:
@@ -262,17 +275,64 @@ def encode_tokens(model: nn.Module, pixels: torch.Tensor, *, gem_depth: int = DE
     token 0 = CLS, not L2-normalised. ``clip[:, 0]`` equals ``model.encode_image(pixels)`` (un-normalised).
     No gradients are needed: call it under ``torch.inference_mode()`` or ``torch.no_grad()``.
     """
+    tokens, _ = _forward(model, pixels, (), gem_depth, ss_attn_iter, ss_attn_temp)
+    return tokens
+
+
+def encode_tokens_and_layers(model: nn.Module, pixels: torch.Tensor, layers, *, gem_depth: int = DEFAULT_GEM_DEPTH,
+                             ss_attn_iter: int = DEFAULT_SS_ATTN_ITER, ss_attn_temp: float | None = None
+                             ) -> tuple[GemTokens, dict[int, torch.Tensor]]:
+    """:func:`encode_tokens` plus the residual stream after chosen blocks, from the same forward pass.
+
+    MuSc (Li et al., ICLR 2024; github.com/xrli-U/MuSc, ``models/backbone/open_clip/transformer.py``) scores the
+    tokens of intermediate blocks of the ordinary stream as they leave the block: the raw residual stream, before
+    ``ln_post`` and ``proj`` (so of the tower's width, not its output dim). These are those tensors; the GEM stream
+    does not enter them.
+
+    Parameters
+    ----------
+    model, pixels, gem_depth, ss_attn_iter, ss_attn_temp : as :func:`encode_tokens`.
+    layers : block indices, 0-based (``0`` = after the first block, ``n_blocks - 1`` = after the last); MuSc's
+        ViT-L/14 layers ``[5, 11, 17, 23]`` are these indices. Distinct ints in ``[0, n_blocks)``.
+
+    Returns
+    -------
+    tuple
+        ``(GemTokens(clip, gem), {layer: (B, 1 + h*w, width)})``: the two streams exactly as :func:`encode_tokens`
+        returns them (the extra outputs change no arithmetic), and the residual stream after each chosen block,
+        token 0 = CLS, not normalised. ``_head`` of the last block's entry is ``clip``.
+    """
+    visual = _visual_of(model)
+    n_blocks = len(visual.transformer.resblocks)
+    wanted = tuple(layers)
+    if not wanted:
+        raise ValueError("layers is empty: name at least one block index (0-based)")
+    for layer in wanted:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_blocks:
+            raise ValueError(f"layers must be block indices in [0, {n_blocks}) for this {n_blocks}-block tower, "
+                             f"got {layer!r}")
+    if len(set(wanted)) != len(wanted):
+        raise ValueError(f"layers must be distinct, got {list(wanted)}")
+    return _forward(model, pixels, wanted, gem_depth, ss_attn_iter, ss_attn_temp)
+
+
+def _forward(model, pixels, layers, gem_depth, ss_attn_iter, ss_attn_temp
+             ) -> tuple[GemTokens, dict[int, torch.Tensor]]:
+    """The one vision forward: both streams, and the ordinary stream after each block in ``layers``."""
     visual = _visual_of(model)
     _check_config(visual, gem_depth, ss_attn_iter, ss_attn_temp)
     blocks = visual.transformer.resblocks
     first_wrapped = len(blocks) - (gem_depth - 1)
+    taps: dict[int, torch.Tensor] = {}
 
     z = _embed(visual, pixels)
-    for blk in blocks[:first_wrapped]:
+    for i, blk in enumerate(blocks[:first_wrapped]):
         u = blk.ln_1(z)
         z = _plain_block(blk, z, u, *_qkv(blk, u))
+        if i in layers:
+            taps[i] = z
     g = z
-    for blk in blocks[first_wrapped:]:
+    for i, blk in enumerate(blocks[first_wrapped:], start=first_wrapped):
         u = blk.ln_1(z)
         q, k, v = _qkv(blk, u)
         if ss_attn_temp is None:
@@ -283,10 +343,25 @@ def encode_tokens(model: nn.Module, pixels: torch.Tensor, *, gem_depth: int = DE
         o = _self_self(q, k, v, beta, ss_attn_iter)
         g = g + blk.ls_1(_out_proj(blk, _merge_heads(o)))
         z = _plain_block(blk, z, u, q, k, v)
-    return GemTokens(_head(visual, z), _head(visual, g))
+        if i in layers:
+            taps[i] = z
+    return GemTokens(_head(visual, z), _head(visual, g)), {layer: taps[layer] for layer in layers}
 
 
 def encode_tokens_multi(model: nn.Module, pixels_by_size: dict[int, torch.Tensor], **gem_kwargs
                         ) -> dict[int, GemTokens]:
-    """:func:`encode_tokens` for each entry of ``{size: pixels}`` (e.g. FADE's 240/448/896 views of one batch)."""
+    """:func:`encode_tokens` for each entry of ``{size: pixels}`` (e.g. FADE's 240/448/896 views of one batch).
+
+    Parameters
+    ----------
+    model : as :func:`encode_tokens`.
+    pixels_by_size : ``{size: (B, 3, size, size) pixels}``.
+    **gem_kwargs
+        ``gem_depth``, ``ss_attn_iter``, ``ss_attn_temp`` of :func:`encode_tokens`.
+
+    Returns
+    -------
+    dict
+        ``{size: GemTokens}``.
+    """
     return {size: encode_tokens(model, pixels, **gem_kwargs) for size, pixels in pixels_by_size.items()}

@@ -26,6 +26,19 @@ def _ints(value) -> list[int]:
 
 
 def run_id(dataset: str, method: str, shots: int, seed: int, variant: str = "") -> str:
+    """The id of one run of a table, also its folder under the study folder.
+
+    Parameters
+    ----------
+    dataset, method : the dataset and method names.
+    shots, seed : reference images and the seed of their draw.
+    variant : the setting's label suffix ("" for none); slugged into the folder name.
+
+    Returns
+    -------
+    str
+        ``<dataset>/<method>_<k>shot[_<variant>]_seed<s>``.
+    """
     slug = "".join(c if c.isalnum() else "-" for c in variant.lower()).strip("-")
     return f"{dataset}/{method}_{shots}shot{'_' + slug if slug else ''}_seed{seed}"
 
@@ -62,6 +75,20 @@ def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", ro
     a GPU when the driver sees one).
 
     Returns ``{"metrics": tidy DataFrame of every run, "provenance": {run id: dict}, "paths": [Path, ...]}``.
+
+    Parameters
+    ----------
+    study : the folder under ``results_dir`` (the chapter's name, e.g. ``t02_main``).
+    settings : list of dicts, each with ``method`` and ``shots`` and optionally other :func:`zsad.study.predict`
+        arguments.
+    datasets, roots : comma-separated study datasets and their roots (empty: the default).
+    seeds : few-shot reference draws (k-shot settings run once per seed).
+    results_dir : where the study folder goes (default ``results/``).
+    executor : ``"local"`` or ``"ray"``.
+    progress : tqdm bars per feature pass.
+    resume : read finished run folders of the same plan back instead of recomputing them.
+    **predict_kwargs
+        Table-wide :func:`zsad.study.predict` arguments (method-specific ones reach the methods that use them).
     """
     names = _names(datasets)
     if not names:
@@ -114,7 +141,17 @@ def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", ro
 
 
 def supports_shots(method: str, k: int) -> bool:
-    """Whether a registered method has a ``k``-shot setting."""
+    """Whether a registered method has a ``k``-shot setting.
+
+    Parameters
+    ----------
+    method : a registered method name.
+    k : the shot count.
+
+    Returns
+    -------
+    bool
+    """
     kind = METHODS[method].shots
     return k >= 1 if kind == "k" else (k == 0 if kind == "zero" else k >= 0)
 
@@ -122,7 +159,18 @@ def supports_shots(method: str, k: int) -> bool:
 def grid_settings(methods="fade,winclip,patchcore", shots="0,1,2,4") -> list[dict]:
     """Methods x shot counts (FADE's Tab. 1/2). A (method, k) pair the method does not have (PatchCore has no
     zero-shot) is left out, as in the paper's table; a shot count that no method has, an unknown method or a
-    negative count is an error."""
+    negative count is an error.
+
+    Parameters
+    ----------
+    methods : comma-separated method names (or a sequence).
+    shots : comma-separated shot counts (or a sequence).
+
+    Returns
+    -------
+    list of dict
+        ``{"method", "shots"}`` per run setting.
+    """
     method_list, shot_list = _names(methods), _ints(shots)
     if not method_list or not shot_list:
         raise ValueError(f"the grid needs methods and shots, got methods={methods!r}, shots={shots!r}")
@@ -139,7 +187,16 @@ def grid_settings(methods="fade,winclip,patchcore", shots="0,1,2,4") -> list[dic
 
 
 def skipped_pairs(methods, shots) -> list[str]:
-    """The (method, k) pairs :func:`grid_settings` leaves out, in words (printed under the table)."""
+    """The (method, k) pairs :func:`grid_settings` leaves out, in words (printed under the table).
+
+    Parameters
+    ----------
+    methods, shots : as :func:`grid_settings`.
+
+    Returns
+    -------
+    list of str
+    """
     return [f"{m} {k}-shot ({m}: {_shot_text(m)})" for m in _names(methods) for k in _ints(shots)
             if m in METHODS and not supports_shots(m, k)]
 
@@ -149,13 +206,35 @@ def _shot_text(method: str) -> str:
 
 
 def run_grid(study: str, *, methods="fade,winclip,patchcore", shots="0,1,2,4", **kwargs) -> dict:
-    """:func:`run_settings` over :func:`grid_settings`."""
+    """:func:`run_settings` over :func:`grid_settings`.
+
+    Parameters
+    ----------
+    study : the results folder of the table.
+    methods, shots : as :func:`grid_settings`.
+    **kwargs
+        :func:`run_settings` arguments.
+
+    Returns
+    -------
+    dict
+        As :func:`run_settings`.
+    """
     return run_settings(study, grid_settings(methods, shots), **kwargs)
 
 
 def gem_vs_clip_settings(shots: int = 1) -> list[dict]:
     """FADE's Tab. 3 (language-guided zero-shot AS with CLIP vs GEM patches) and the full grid its conclusion asks
-    for: the token stream of language AC and AS, of vision-guided zero-shot AS and of vision-guided k-shot AS."""
+    for: the token stream of language AC and AS, of vision-guided zero-shot AS and of vision-guided k-shot AS.
+
+    Parameters
+    ----------
+    shots : the shot count of the k-shot vision rows.
+
+    Returns
+    -------
+    list of dict
+    """
     out = []
     for stream in ("clip", "gem"):
         out.append({"method": "fade", "shots": 0, "mode": "language", "variant": f"language {stream}",
@@ -168,7 +247,17 @@ def gem_vs_clip_settings(shots: int = 1) -> list[dict]:
 
 
 def scale_settings(shots="0,1,2,4", scales="240;448;896;240,448,896") -> list[dict]:
-    """FADE's Tab. 8/9: single scales and their combination, for every shot count (official fusion)."""
+    """FADE's Tab. 8/9: single scales and their combination, for every shot count (official fusion).
+
+    Parameters
+    ----------
+    shots : comma-separated shot counts.
+    scales : ``;``-separated scale sets, each one size or a comma-separated combination.
+
+    Returns
+    -------
+    list of dict
+    """
     out = []
     for sizes in (s.strip() for s in str(scales).split(";") if s.strip()):
         label = "multi-scale" if "," in sizes else f"{sizes} px"
@@ -178,7 +267,16 @@ def scale_settings(shots="0,1,2,4", scales="240;448;896;240,448,896") -> list[di
 
 def prompt_settings(prompt_files) -> list[dict]:
     """FADE's Tab. 7: the segmentation ensemble as WinCLIP prompts only, LLM prompts only, and their union
-    (language-guided zero-shot, where the prompts matter most); ``prompt_files`` are the LLM ensembles."""
+    (language-guided zero-shot, where the prompts matter most); ``prompt_files`` are the LLM ensembles.
+
+    Parameters
+    ----------
+    prompt_files : the LLM prompt files (names or paths; comma-separated or a sequence).
+
+    Returns
+    -------
+    list of dict
+    """
     files = _names(prompt_files) if isinstance(prompt_files, str) else list(prompt_files)
     base = {"method": "fade", "shots": 0, "mode": "language"}
     out = [{**base, "variant": "winclip prompts", "prompts": "none"}]
@@ -191,7 +289,16 @@ def prompt_settings(prompt_files) -> list[dict]:
 
 def tamura_settings(random_words="0,3") -> list[dict]:
     """Tamura 2023's comparison: WinCLIP zero-shot against the random-word FFN on the same backbone, with the
-    category-agnostic word "object" or the class name, and with 0 or several random words."""
+    category-agnostic word "object" or the class name, and with 0 or several random words.
+
+    Parameters
+    ----------
+    random_words : comma-separated numbers of random words per prompt.
+
+    Returns
+    -------
+    list of dict
+    """
     out = [{"method": "winclip", "shots": 0, "variant": "class names"}]
     for n in _ints(random_words):
         out.append({"method": "tamura", "shots": 0, "variant": f"object, {n} random words",
@@ -203,7 +310,16 @@ def tamura_settings(random_words="0,3") -> list[dict]:
 
 def cheung_settings(baselines: bool = True) -> list[dict]:
     """Cheung et al.'s Tables II-V: the full method and its two ablation rows (zero-shot, image level), and the
-    baselines of Tables II/III that zsad has (WinCLIP 0-shot, PatchCore 1-shot; SPADE and PaDiM it has not)."""
+    baselines of Tables II/III that zsad has (WinCLIP 0-shot, PatchCore 1-shot; SPADE and PaDiM it has not).
+
+    Parameters
+    ----------
+    baselines : also the WinCLIP 0-shot and PatchCore 1-shot baselines.
+
+    Returns
+    -------
+    list of dict
+    """
     rows = [{"method": m, "shots": 0} for m in ("cheung", "cheung_no_prompt_generation", "cheung_no_object_detection")]
     if baselines:
         rows += [{"method": "winclip", "shots": 0}, {"method": "patchcore", "shots": 1}]
@@ -212,13 +328,57 @@ def cheung_settings(baselines: bool = True) -> list[dict]:
 
 def guidance_settings(shots="0,1,4") -> list[dict]:
     """FADE's Tab. 5 (AC) and 6 (AS): language guidance only, vision guidance only, and both (the official fusion),
-    at each shot count."""
+    at each shot count.
+
+    Parameters
+    ----------
+    shots : comma-separated shot counts.
+
+    Returns
+    -------
+    list of dict
+    """
     out = []
     for k in _ints(shots):
         out += [{"method": "fade", "shots": k, "mode": "language", "variant": "language only"},
                 {"method": "fade", "shots": k, "mode": "vision", "variant": "vision only"},
                 {"method": "fade", "shots": k}]
     return out
+
+
+def musc_settings(pool_seeds="0,1,2", pool_fraction: float = 0.5) -> list[dict]:
+    """The "Beyond FADE" chapter: FADE at 0 shots (its official fusion, and vision guidance alone at 240 px, which
+    scores each image against its own GEM patches) against MuSc, which scores it against the other test images of
+    its class.
+
+    MuSc reads the ordinary (CLIP) residual stream of four intermediate blocks, as the paper; the rows "gem tokens"
+    and "clip tokens" run its mutual scoring on the final tokens of one stream at 240 px instead, so the GEM row
+    reads the same tokens as FADE's vision-only row and differs from it in *whom* a patch is compared with (the
+    other images, not the image itself) and in MuSc's aggregation and 30 % rule. The last rows score each image
+    against a seeded random ``pool_fraction`` of the other images, one run per seed of ``pool_seeds``: MuSc is
+    transductive, and these rows show how much its numbers depend on which other images are in the test set.
+
+    Parameters
+    ----------
+    pool_seeds : seeds of the random pools (comma-separated or a sequence), one run each.
+    pool_fraction : share of the other test images in each pool, in (0, 1).
+
+    Returns
+    -------
+    list of dict
+        The settings, as :func:`run_settings` takes them.
+    """
+    # MuSc first: its one tower pass at 240 px fills the ordinary token entries too, which FADE then reads (run
+    # after FADE, MuSc would need a second pass at 240 px for its layers)
+    share = f"{round(100 * pool_fraction)}%"
+    rows = [{"method": "musc", "shots": 0},
+            {"method": "musc", "shots": 0, "variant": "gem tokens", "options": {"features": "gem"}},
+            {"method": "musc", "shots": 0, "variant": "clip tokens", "options": {"features": "clip"}}]
+    rows += [{"method": "musc", "shots": 0, "variant": f"{share} of the others, pool seed {s}",
+              "options": {"pool_fraction": pool_fraction, "pool_seed": s}} for s in _ints(pool_seeds)]
+    rows += [{"method": "fade", "shots": 0},
+             {"method": "fade", "shots": 0, "mode": "vision", "sizes": "240", "variant": "vision only, 240 px"}]
+    return rows
 
 
 #: The study's tables by name: (run folder under results/, the same as the table's notebook; settings function).
@@ -231,11 +391,22 @@ TABLES = {
     "cheung": ("t06_cheung", cheung_settings),
     "tamura": ("t07_tamura", tamura_settings),
     "guidance": ("t09_guidance", guidance_settings),
+    "musc": ("t11_musc", musc_settings),
 }
 
 
 def table_parameters(name: str) -> dict:
-    """A table's own parameters and their defaults (the keyword arguments of its settings function)."""
+    """A table's own parameters and their defaults (the keyword arguments of its settings function).
+
+    Parameters
+    ----------
+    name : a key of :data:`TABLES`.
+
+    Returns
+    -------
+    dict
+        ``{parameter: default}``.
+    """
     if name not in TABLES:
         raise ValueError(f"unknown table {name!r}; choose one of {', '.join(TABLES)}")
     return {p.name: p.default for p in inspect.signature(TABLES[name][1]).parameters.values()}
@@ -243,7 +414,20 @@ def table_parameters(name: str) -> dict:
 
 def run_table(name: str, table_args: dict | None = None, **kwargs) -> dict:
     """Run one of the study's :data:`TABLES` with :func:`run_settings`; ``table_args`` are its own parameters
-    (see :func:`table_parameters`), ``kwargs`` go to :func:`run_settings` (datasets, seeds, executor, model, ...)."""
+    (see :func:`table_parameters`), ``kwargs`` go to :func:`run_settings` (datasets, seeds, executor, model, ...).
+
+    Parameters
+    ----------
+    name : a key of :data:`TABLES`.
+    table_args : the table's own parameters (:func:`table_parameters`).
+    **kwargs
+        :func:`run_settings` arguments.
+
+    Returns
+    -------
+    dict
+        As :func:`run_settings`.
+    """
     allowed = table_parameters(name)
     unknown = sorted(set(table_args or {}) - set(allowed))
     if unknown:
@@ -255,7 +439,18 @@ def run_table(name: str, table_args: dict | None = None, **kwargs) -> dict:
 
 def read_results(results_dir=None, studies=None) -> pd.DataFrame:
     """Every finished run's metrics under ``results_dir`` (default ``results/``), with a ``study`` column (the
-    chapter's folder, e.g. ``t02_main``); ``studies`` limits it to those folders."""
+    chapter's folder, e.g. ``t02_main``); ``studies`` limits it to those folders.
+
+    Parameters
+    ----------
+    results_dir : the results folder (default ``results/``).
+    studies : study folder names to keep (comma-separated or a sequence); default all.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Tidy metrics of every finished run, with a ``study`` column.
+    """
     root = Path(results_dir or config.RESULTS_DIR)
     frames = []
     for prov in sorted(root.glob("*/*/*/provenance.json")):

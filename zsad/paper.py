@@ -3,7 +3,7 @@
 The book shows a paper's own numbers only in columns labelled "reported in the paper", all read from one file,
 ``results/paper_reported.csv`` (UTF-8, ``\\n`` line ends, rows sorted by the first seven columns):
 
-``paper``     fade2024 | cheung2024 | tamura2023 | winclip2023 (the document the value was read from)
+``paper``     fade2024 | cheung2024 | tamura2023 | winclip2023 | musc2024 (the document the value was read from)
 ``table``     the paper's table id as printed ("Tab. 1", "Tab. II")
 ``dataset``   mvtec | visa
 ``method``    zsad's method name where one exists (fade, winclip, patchcore, cheung, cheung_no_prompt_generation,
@@ -40,7 +40,7 @@ __all__ = ["paper_reported", "compare", "PaperDataError", "DEFAULT_PATH", "COLUM
 
 DEFAULT_PATH = PAPER_REPORTED
 COLUMNS = ["paper", "table", "dataset", "method", "setting", "variant", "metric", "value", "std", "source", "note"]
-PAPERS = ("fade2024", "cheung2024", "tamura2023", "winclip2023")
+PAPERS = ("fade2024", "cheung2024", "tamura2023", "winclip2023", "musc2024")
 DATASETS = ("mvtec", "visa")
 METRICS = ("auroc", "aupr", "ap", "f1_max", "pauroc", "pro", "pf1_max")
 #: The columns that identify one reported value; no two rows of the file share them.

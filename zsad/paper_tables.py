@@ -163,6 +163,11 @@ TABLES: dict[tuple[str, str], PaperTable] = {(t.paper, t.table): t for t in (
                _CHEUNG_ABLATION, _metric_columns(("auroc", "aupr")), ("mvtec",)),
     PaperTable("cheung2024", "Tab. V", "Cheung et al. Tab. V: ablation on VisA", ("method",),
                _CHEUNG_ABLATION, _metric_columns(("auroc", "aupr")), ("visa",)),
+    PaperTable("musc2024", "Tab. 1", "MuSc (Li et al., ICLR 2024): zero-shot, class means", ("method",),
+               (Row(("MuSc",), {"method": "musc", "setting": "0-shot"}),),
+               _metric_columns(("auroc", "pauroc", "pro")),
+               note="Paper: CLIP ViT-L/14-336 at 518 px, all test images of a class scored together (transductive); "
+                    "its PRO is the 200-threshold approximation, ours the exact MVTec PRO."),
 )}
 
 

@@ -61,6 +61,16 @@ config, same object word, which is the case for every class with ``object_word="
 model object (a weak reference, so nothing outlives the model). Training is deterministic, so reuse gives the same
 numbers as retraining; ``info["training"]["reused"]`` says which happened. A model whose weights are changed in
 place after a run would need :func:`clear_memo`.
+
+MuSc (Li et al., ICLR 2024)
+---------------------------
+``musc_class`` reads the test images' tokens at ``config.image_size`` from the one feature pass
+(:func:`zsad.features.extract_layers`: both streams and the residual stream after the chosen blocks, cached), the
+class tokens for RsCIN from the ordinary stream's CLS (``encode_image``), and calls
+:func:`zsad.methods.musc.musc`. ``features="clip"`` / ``"gem"`` score the final tokens of that stream instead of
+the intermediate layers (the chapter's comparison with FADE's zero-shot vision memory, which reads GEM patches).
+Zero-shot and transductive: the other test images of the class are the method's only reference; ``refs`` are not
+used (their count is recorded).
 """
 from __future__ import annotations
 
@@ -76,14 +86,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ipywidgets
 
-from zsad.cache import encode_prompts_cached
+from zsad.cache import encode_prompts_cached, unwrap_model
 from zsad.cnn import extract_patch_features
 from zsad.data import ImageRecord, class_prompt_name, load_image, preprocess
 from zsad.detector import LoadedDetector, caption, detect, load_detector
-from zsad.features import CLIP_PREPROCESS, autocast_context, extract_tokens, token_params
+from zsad.features import CLIP_PREPROCESS, autocast_context, extract_layers, extract_tokens, token_params
 from zsad.methods.base import MethodOutput
 from zsad.methods.cheung import CheungConfig, cheung_scores, image_only_output, object_crops
 from zsad.methods.fade import fade, vision_distances
+from zsad.methods.musc import default_layers, musc
 from zsad.methods.patchcore import patchcore
 from zsad.methods.tamura import (
     TamuraConfig,
@@ -101,6 +112,7 @@ from zsad.text import prototypes
 from zsad.windows import extract_window_tokens
 
 __all__ = ["fade_class", "winclip_class", "patchcore_class", "cheung_class", "cheung_ablation", "tamura_class",
+           "musc_class", "musc_layers",
            "CHEUNG_METHODS", "ABLATION_ROWS", "class_prompts_for", "config_from_params", "get_detector",
            "tamura_config", "prepare_detector", "clear_memo"]
 
@@ -119,6 +131,22 @@ def _prompt_sets(cls: str, prompt_files, winclip_in_segmentation: bool = True) -
 
 
 def fade_class(loaded, cls, test, refs, params, progress):
+    """FADE on one class: tokens at every scale (and 240 px for classification), the two prompt
+    ensembles' prototypes, the cached patch distances, then :func:`zsad.methods.fade.fade`.
+
+    Parameters
+    ----------
+    loaded : the backbone (:class:`zsad.backbone.LoadedModel`, or :class:`zsad.cnn.LoadedCNN` for PatchCore).
+    cls : the class name.
+    test : the class's test records.
+    refs : its reference records (k-shot; empty at 0 shots).
+    params : the run parameters of :func:`zsad.study.plan_run` (``config``, ``cache``, ``autocast``, ...).
+    progress : tqdm bars per feature pass.
+
+    Returns
+    -------
+    MethodOutput
+    """
     cache, autocast, cfg = params.get("cache"), params.get("autocast"), params["config"]
     sizes = tuple(sorted(set(cfg.sizes) | {240}))
     tokens = extract_tokens(loaded, test, sizes, progress=progress, desc=f"{cls} test", cache=cache,
@@ -157,6 +185,22 @@ def _cached_vision_distances(loaded, test, refs, tokens, ref_tokens, cfg, cache,
 
 
 def winclip_class(loaded, cls, test, refs, params, progress):
+    """WinCLIP / WinCLIP+ on one class: window embeddings of the test (and reference) images and the
+    class's prompt prototypes, then :func:`zsad.methods.winclip.winclip`.
+
+    Parameters
+    ----------
+    loaded : the backbone (:class:`zsad.backbone.LoadedModel`, or :class:`zsad.cnn.LoadedCNN` for PatchCore).
+    cls : the class name.
+    test : the class's test records.
+    refs : its reference records (k-shot; empty at 0 shots).
+    params : the run parameters of :func:`zsad.study.plan_run` (``config``, ``cache``, ``autocast``, ...).
+    progress : tqdm bars per feature pass.
+
+    Returns
+    -------
+    MethodOutput
+    """
     cache, autocast = params.get("cache"), params.get("autocast")
     windows = extract_window_tokens(loaded, test, progress=progress, cache=cache, autocast=autocast)
     ref_windows = extract_window_tokens(loaded, refs, progress=progress, cache=cache,
@@ -169,6 +213,22 @@ def winclip_class(loaded, cls, test, refs, params, progress):
 
 
 def patchcore_class(loaded, cls, test, refs, params, progress):
+    """PatchCore on one class: WideResNet-50 patch features of the test and reference images, then
+    :func:`zsad.methods.patchcore.patchcore` at the evaluation size.
+
+    Parameters
+    ----------
+    loaded : the backbone (:class:`zsad.backbone.LoadedModel`, or :class:`zsad.cnn.LoadedCNN` for PatchCore).
+    cls : the class name.
+    test : the class's test records.
+    refs : its reference records (k-shot; empty at 0 shots).
+    params : the run parameters of :func:`zsad.study.plan_run` (``config``, ``cache``, ``autocast``, ...).
+    progress : tqdm bars per feature pass.
+
+    Returns
+    -------
+    MethodOutput
+    """
     cache, autocast = params.get("cache"), params.get("autocast")
     test_feat, grid = extract_patch_features(loaded, test, progress=progress, cache=cache, autocast=autocast)
     ref_feat, _ = extract_patch_features(loaded, refs, progress=progress, cache=cache, autocast=autocast)
@@ -190,13 +250,34 @@ _CROP_BATCH = 16  # crops encoded per CLIP batch
 
 def config_from_params(params: dict) -> CheungConfig:
     """A :class:`CheungConfig` from the keys of ``params`` that name its fields (an ablation row's overrides) and
-    ``params["options"]`` (the run's own settings, validated by the orchestrator)."""
+    ``params["options"]`` (the run's own settings, validated by the orchestrator).
+
+    Parameters
+    ----------
+    params : the run parameters (ablation overrides and ``options``).
+
+    Returns
+    -------
+    CheungConfig
+    """
     given = {k: v for k, v in params.items() if k in _CONFIG_FIELDS and v is not None}
     return CheungConfig(**{**given, **(params.get("options") or {})})
 
 
 def get_detector(spec=None, seed: int = 0, device="cpu") -> LoadedDetector:
-    """The detector named by ``params["detector"]``; loaded once per process and kept (per folder, seed, device)."""
+    """The detector named by ``params["detector"]``; loaded once per process and kept (per folder, seed, device).
+
+    Parameters
+    ----------
+    spec : a :class:`zsad.detector.LoadedDetector`, a Grounding DINO folder, or None / ``"random"`` /
+        ``"random-default"``.
+    seed : seed of a random detector.
+    device : where it runs.
+
+    Returns
+    -------
+    LoadedDetector
+    """
     if isinstance(spec, LoadedDetector):
         return spec
     if spec in (None, "", "random", "random-small"):
@@ -213,7 +294,19 @@ def get_detector(spec=None, seed: int = 0, device="cpu") -> LoadedDetector:
 
 def class_prompts_for(cls: str, class_prompts=None) -> tuple[dict[str, list[str]], str, str | None]:
     """``(prompts, source, note)``: the LLM prompts of ``cls`` from the first class prompt file that holds the class
-    (``class_prompts``: a path or a sequence of paths, e.g. one file per dataset), else WinCLIP's ensemble."""
+    (``class_prompts``: a path or a sequence of paths, e.g. one file per dataset), else WinCLIP's ensemble.
+
+    Parameters
+    ----------
+    cls : the class name.
+    class_prompts : a class prompt file, a sequence of them, or None.
+
+    Returns
+    -------
+    tuple
+        ``(prompts, source, note)``: ``{"normal": [...], "abnormal": [...]}``, ``"llm:<path>"`` or ``"winclip"``,
+        and a note or None.
+    """
     if not class_prompts:
         return winclip_prompts(class_prompt_name(cls)), "winclip", None
     files = [class_prompts] if isinstance(class_prompts, (str, os.PathLike)) else list(class_prompts)
@@ -319,7 +412,22 @@ def _output(feats: dict, prompts: dict, source: str, note, cfg: CheungConfig, t:
 
 def cheung_class(loaded, cls: str, test_records: Sequence[ImageRecord], refs: Sequence[ImageRecord], params: dict,
                  progress: bool = True) -> MethodOutput:
-    """Cheung et al. on one class (the study adapter, same signature as ``zsad.study._fade_class``)."""
+    """Cheung et al. on one class (the study adapter, same signature as ``zsad.study._fade_class``).
+
+    Parameters
+    ----------
+    loaded : the CLIP model.
+    cls : the class name.
+    test_records : the class's test records.
+    refs : reference records (not used; their count is recorded).
+    params : the run parameters (``class_prompts``, ``detector``, config fields, ``options``, ``cache``, ...).
+    progress : tqdm bars.
+
+    Returns
+    -------
+    MethodOutput
+        Image-level scores (maps (N, 1, 1)).
+    """
     cfg = config_from_params(params)
     feats = _class_features(loaded, cls, test_records, cfg, params.get("detector"),
                             int(params.get("detector_seed") or 0), progress, params.get("cache"),
@@ -337,6 +445,20 @@ def cheung_ablation(loaded, cls: str, test_records: Sequence[ImageRecord], refs:
 
     ``params`` describe the full method (``class_prompts`` should name the LLM prompt file; without it the full row
     equals the "w/o prompt generation" row, and ``info["prompt_note"]`` says so).
+
+    Parameters
+    ----------
+    loaded : the CLIP model.
+    cls : the class name.
+    test_records : the class's test records.
+    refs : reference records (not used; their count is recorded).
+    params : the run parameters (``class_prompts``, ``detector``, config fields, ``options``, ``cache``, ...).
+    progress : tqdm bars.
+
+    Returns
+    -------
+    dict
+        ``{row key: MethodOutput}`` for the keys of :data:`ABLATION_ROWS`.
     """
     cfg = replace(config_from_params(params), use_detection=True)
     feats = _class_features(loaded, cls, test_records, cfg, params.get("detector"),
@@ -377,7 +499,16 @@ _MEMO: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDicti
 
 
 def tamura_config(options: dict | None) -> TamuraConfig:
-    """:class:`TamuraConfig` from an options dict; unknown fields and bad values are ``ValueError``s."""
+    """:class:`TamuraConfig` from an options dict; unknown fields and bad values are ``ValueError``s.
+
+    Parameters
+    ----------
+    options : fields of :class:`TamuraConfig` (or None).
+
+    Returns
+    -------
+    TamuraConfig
+    """
     options = dict(options or {})
     known = {f.name for f in fields(TamuraConfig)}
     unknown = sorted(set(options) - known)
@@ -409,7 +540,20 @@ def _check_lengths(tokenizer, texts) -> int:
 
 def prepare_detector(loaded, cfg: TamuraConfig, object_name: str, cache=None):
     """Build the prompt set, encode it (through the feature cache when given) and train the FFN: ``(net, info)``
-    (memoised, see the module docstring)."""
+    (memoised, see the module docstring).
+
+    Parameters
+    ----------
+    loaded : the CLIP model (its tokenizer and text tower are used).
+    cfg : the :class:`TamuraConfig`.
+    object_name : the object word of the prompts ("object" or the class name).
+    cache : a :class:`zsad.cache.FeatureCache` for the text embeddings, or None.
+
+    Returns
+    -------
+    tuple
+        ``(net, info)``: the trained FFN and what its training recorded.
+    """
     from zsad.cache import encode_prompts_cached
 
     key = (cfg, object_name)
@@ -439,7 +583,21 @@ def prepare_detector(loaded, cfg: TamuraConfig, object_name: str, cache=None):
 
 
 def tamura_class(loaded, cls, test, refs, params, progress) -> MethodOutput:
-    """Tamura 2023 on one class: train on generated text embeddings, score the test images (AC and AS)."""
+    """Tamura 2023 on one class: train on generated text embeddings, score the test images (AC and AS).
+
+    Parameters
+    ----------
+    loaded : the backbone (:class:`zsad.backbone.LoadedModel`, or :class:`zsad.cnn.LoadedCNN` for PatchCore).
+    cls : the class name.
+    test : the class's test records.
+    refs : its reference records (k-shot; empty at 0 shots).
+    params : the run parameters of :func:`zsad.study.plan_run` (``config``, ``cache``, ``autocast``, ...).
+    progress : tqdm bars per feature pass.
+
+    Returns
+    -------
+    MethodOutput
+    """
     from zsad.data import class_prompt_name
     from zsad.windows import extract_window_tokens
 
@@ -450,4 +608,60 @@ def tamura_class(loaded, cls, test, refs, params, progress) -> MethodOutput:
                                     desc=f"{cls} test", cache=params.get("cache"), autocast=params.get("autocast"))
     out = score_windows(windows, lambda e: ffn_probability(net, e, cfg.temperature), cfg)
     out.info.update({**asdict(cfg), "scales": list(cfg.scales), **info, "references_ignored": len(refs or [])})
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- MuSc
+
+
+def musc_layers(loaded, cfg) -> tuple[int, ...]:
+    """The blocks MuSc reads: ``cfg.layers``, or 4 evenly spaced ones of this tower (:func:`default_layers`).
+
+    Parameters
+    ----------
+    loaded : the CLIP model (or its module).
+    cfg : a :class:`zsad.methods.musc.MuscConfig`.
+
+    Returns
+    -------
+    tuple of int
+        0-based block indices.
+    """
+    n_blocks = len(unwrap_model(loaded).visual.transformer.resblocks)
+    layers = tuple(cfg.layers) if cfg.layers is not None else default_layers(n_blocks)
+    if max(layers) >= n_blocks:
+        raise ValueError(f"musc layers {list(layers)}: this tower has {n_blocks} blocks (0-based indices)")
+    return layers
+
+
+def musc_class(loaded, cls, test, refs, params, progress) -> MethodOutput:
+    """MuSc on one class: tokens from the one cached feature pass, then the pure method (module docstring).
+
+    Parameters
+    ----------
+    loaded : the CLIP model (:class:`zsad.backbone.LoadedModel`).
+    cls : the class name (for progress bars).
+    test : the class's test records; every one is scored against the others.
+    refs : reference images; MuSc uses none (their count is recorded in ``info``).
+    params : the run parameters (``config``: a :class:`zsad.methods.musc.MuscConfig`; ``eval_size``, ``cache``,
+        ``autocast``).
+    progress : tqdm bars.
+
+    Returns
+    -------
+    MethodOutput
+        Scores and maps at ``eval_size`` (:func:`zsad.methods.musc.musc`), ``info`` with the layers read.
+    """
+    cfg, cache, autocast = params["config"], params.get("cache"), params.get("autocast")
+    size = cfg.image_size
+    if cfg.features == "layers":
+        layers = musc_layers(loaded, cfg)
+        tokens, taps = extract_layers(loaded, test, size, layers, progress=progress, desc=f"{cls} test",
+                                      cache=cache, autocast=autocast)
+    else:
+        tokens = extract_tokens(loaded, test, (size,), progress=progress, desc=f"{cls} test", cache=cache,
+                                autocast=autocast)
+        taps = {-1: tokens.stream(cfg.features)[size]}  # -1: the stream's final tokens (after ln_post and proj)
+    out = musc(taps, tokens.clip[size][:, 0], cfg, out_size=params["eval_size"])
+    out.info.update(features=cfg.features, image_size=size, references_ignored=len(refs or []))
     return out

@@ -22,6 +22,7 @@ from zsad.features import check_autocast
 from zsad.methods.base import resize_maps
 from zsad.methods.cheung import CheungConfig
 from zsad.methods.fade import FadeConfig
+from zsad.methods.musc import RSCIN_WINDOWS, MuscConfig, check_class_size
 from zsad.methods.patchcore import PatchCoreConfig
 from zsad.methods.tamura import TamuraConfig
 from zsad.methods.winclip import WinClipConfig
@@ -32,6 +33,7 @@ from zsad.runners import (
     CHEUNG_METHODS,
     class_prompts_for,
     fade_class,
+    musc_class,
     patchcore_class,
     tamura_class,
     winclip_class,
@@ -50,7 +52,19 @@ def _names(value) -> list[str]:
 
 
 def load_named(name: str, root=None, classes=None, split=None):
-    """Records of a study dataset (``synthetic``, ``magnetic_tile``, ``mvtec``, ``visa``, ``folder``)."""
+    """Records of a study dataset (``synthetic``, ``magnetic_tile``, ``mvtec``, ``visa``, ``folder``).
+
+    Parameters
+    ----------
+    name : the dataset name.
+    root : its root (default: the embedded data or the configured one).
+    classes : class names to keep (default all).
+    split : ``"train"`` or ``"test"`` (default both).
+
+    Returns
+    -------
+    list of zsad.data.ImageRecord
+    """
     kind, path = config.resolve_dataset(name, root)
     return load_dataset(kind, path, classes=classes, split=split)
 
@@ -60,6 +74,16 @@ def load_many(datasets="synthetic,magnetic_tile", roots="") -> dict[str, list]:
 
     ``datasets`` and ``roots`` are comma-separated lists (or sequences) in the same order; an empty root means the
     configured default (the embedded data, or ``$ZSAD_MVTEC_ROOT`` / ``$ZSAD_VISA_ROOT``).
+
+    Parameters
+    ----------
+    datasets : comma-separated dataset names (or a sequence).
+    roots : their roots in the same order (empty: the default).
+
+    Returns
+    -------
+    dict
+        ``{name: records}``.
     """
     names, given = _names(datasets), _names(roots)
     if len(given) > len(names):
@@ -69,7 +93,17 @@ def load_many(datasets="synthetic,magnetic_tile", roots="") -> dict[str, list]:
 
 
 def dataset_overview(datasets="synthetic,magnetic_tile", roots="") -> pd.DataFrame:
-    """Images and masks per dataset, class, split and defect type (arguments as :func:`load_many`)."""
+    """Images and masks per dataset, class, split and defect type (arguments as :func:`load_many`).
+
+    Parameters
+    ----------
+    datasets, roots : as :func:`load_many`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``dataset, class, split, defect, images, masks``.
+    """
     frames = []
     for name, records in load_many(datasets, roots).items():
         df = pd.DataFrame([{"class": r.cls, "split": r.split, "defect": r.defect,
@@ -85,7 +119,17 @@ def dataset_overview(datasets="synthetic,magnetic_tile", roots="") -> pd.DataFra
 
 def subset_evenly(records, max_images: int | None):
     """At most ``max_images`` records: normal and defective images in proportion (at least one of each when both
-    exist), each evenly spaced over its sorted list (so every defect folder is sampled)."""
+    exist), each evenly spaced over its sorted list (so every defect folder is sampled).
+
+    Parameters
+    ----------
+    records : the records (or any items with an optional ``label``).
+    max_images : the most to keep (None or 0: all).
+
+    Returns
+    -------
+    list
+    """
     records = list(records)
     if not max_images or len(records) <= max_images:
         return records
@@ -146,6 +190,16 @@ def _fade_config(p: dict) -> FadeConfig:
     return replace(cfg, sizes=tuple(p["sizes"]))
 
 
+def _musc_config(p: dict) -> MuscConfig:
+    """MuSc's config: the one image size from ``sizes`` when given, and RsCIN's windows of the official code for
+    the dataset (MVTec AD (1, 2, 3), VisA (1, 8, 9); the MVTec windows elsewhere) unless ``options`` set them."""
+    fixed = {"image_size": p["sizes"][0]} if "sizes" in p else {}
+    options = dict(p["options"])
+    if "rscin_k" not in options:
+        options["rscin_k"] = RSCIN_WINDOWS.get(p["dataset"], RSCIN_WINDOWS["mvtec"])
+    return _config("musc", MuscConfig, fixed, options)
+
+
 def _cheung_config(row: dict):
     fixed = {k: v for k, v in row.items() if k != "class_prompts"}  # the ablation row's config overrides
     return lambda p: _config("cheung", CheungConfig, fixed, p["options"])
@@ -181,6 +235,7 @@ METHODS: dict[str, MethodSpec] = {
                             frozenset({"cnn_checkpoint"}), shots="k"),
     "tamura": MethodSpec(tamura_class, "clip", lambda p: _config("tamura", TamuraConfig, {}, p["options"]),
                          _CLIP, shots="zero"),
+    "musc": MethodSpec(musc_class, "clip", _musc_config, _CLIP | {"sizes"}, shots="zero"),
 }
 METHODS.update({name: MethodSpec(run, "clip", _cheung_config(_CHEUNG_ROWS[name]), _CLIP | _CHEUNG_USES[name],
                                  shots="zero") for name, run in CHEUNG_METHODS.items()})
@@ -236,7 +291,16 @@ def _int(name: str, value, *, low: int, allow_none: bool = False, hint: str = ""
 
 def parse_sizes(sizes) -> tuple[int, ...]:
     """FADE's segmentation scales from ``"240,448"``, an int or a sequence; each a multiple of 16 and >= 32 (a
-    2 x 2 patch grid: vision guidance needs a second patch to compare with)."""
+    2 x 2 patch grid: vision guidance needs a second patch to compare with).
+
+    Parameters
+    ----------
+    sizes : ``"240,448"``, an int or a sequence.
+
+    Returns
+    -------
+    tuple of int
+    """
     items = _names(sizes)
     try:
         out = tuple(int(s) for s in items)
@@ -250,7 +314,13 @@ def parse_sizes(sizes) -> tuple[int, ...]:
 
 def check_method_arguments(method: str, given: dict) -> None:
     """Refuse a method-specific argument (:data:`SPECIFIC_ARGUMENTS`) that ``method`` does not use; ``given`` maps
-    argument names to values, None meaning "not given"."""
+    argument names to values, None meaning "not given".
+
+    Parameters
+    ----------
+    method : a key of :data:`METHODS`.
+    given : ``{argument: value}`` of the method-specific arguments (None: not given).
+    """
     unused = [k for k, v in given.items() if v is not None and k not in METHODS[method].uses]
     if unused:
         flags = ", ".join("--" + k.replace("_", "-") for k in unused)
@@ -264,7 +334,15 @@ def method_parameters(method: str, *, dataset: str, shots: int, seed: int, eval_
                       detector=None) -> tuple[dict, object]:
     """The runner parameters of a method's own settings, with the method's defaults applied, and its validated
     config: ``(params, config)``. Shared by :func:`plan_run` and :class:`zsad.Detector`; arguments the method does not
-    use must be None (:func:`check_method_arguments`)."""
+    use must be None (:func:`check_method_arguments`).
+
+    Parameters
+    ----------
+    method : a key of :data:`METHODS`.
+    dataset, shots, seed, eval_size, options : as :func:`predict`.
+    mode, sizes, prompts, winclip_in_segmentation, class_prompts, detector : the method-specific arguments of
+        :func:`predict` (None: the method's default).
+    """
     spec = METHODS[method]
     p = {"method": method, "dataset": dataset, "shots": shots, "seed": seed, "eval_size": eval_size,
          "options": dict(options or {})}
@@ -283,6 +361,10 @@ def method_parameters(method: str, *, dataset: str, shots: int, seed: int, eval_
         p["winclip_in_segmentation"] = True if winclip_in_segmentation is None else bool(winclip_in_segmentation)
         if not p["prompts"] and not p["winclip_in_segmentation"]:
             raise ValueError("the segmentation ensemble is empty: give prompt files or keep the WinCLIP prompts")
+    if method == "musc" and sizes is not None:
+        p["sizes"] = parse_sizes(sizes)
+        if len(p["sizes"]) != 1:
+            raise ValueError(f"musc scores one image size: --sizes takes one value (e.g. 240), got {sizes!r}")
     if "class_prompts" in spec.uses:
         p["class_prompts"] = tuple(config.prompt_path(x) for x in _names(class_prompts)) or None
     if "detector" in spec.uses:
@@ -295,7 +377,14 @@ def method_parameters(method: str, *, dataset: str, shots: int, seed: int, eval_
 def method_weights(method: str, *, model=None, checkpoint=None, cnn_checkpoint=None) -> tuple[str | None, str | None]:
     """``(model name or None, weights file or None)`` of a method: the CLIP architecture and checkpoint (default
     ``$ZSAD_CHECKPOINT``), or PatchCore's WideResNet-50 file (default ``$ZSAD_CNN_CHECKPOINT``); a named file that
-    does not exist is an error. None: seeded random weights."""
+    does not exist is an error. None: seeded random weights.
+
+    Parameters
+    ----------
+    method : a key of :data:`METHODS`.
+    model, checkpoint : CLIP methods: the architecture and checkpoint (default ``$ZSAD_CHECKPOINT``).
+    cnn_checkpoint : PatchCore's WideResNet-50 file (default ``$ZSAD_CNN_CHECKPOINT``).
+    """
     if METHODS[method].family == "cnn":
         model_name, weights = None, cnn_checkpoint or default_cnn_checkpoint()
         flag = "--cnn-checkpoint / $ZSAD_CNN_CHECKPOINT"
@@ -309,7 +398,17 @@ def method_weights(method: str, *, model=None, checkpoint=None, cnn_checkpoint=N
 
 def applied_parameters(p: dict, cfg) -> dict:
     """What provenance records of :func:`method_parameters`' output: paths relative to the project, sizes as a
-    list, the resolved config as plain values."""
+    list, the resolved config as plain values.
+
+    Parameters
+    ----------
+    p : the runner parameters of :func:`method_parameters`.
+    cfg : the method's validated config.
+
+    Returns
+    -------
+    dict
+    """
     out = {k: v for k, v in p.items() if k not in ("prompts", "class_prompts", "detector", "sizes")}
     out["config"] = _config_record(cfg)
     if "sizes" in p:
@@ -347,6 +446,18 @@ def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classe
     """Check and resolve every argument of :func:`predict` without encoding an image or loading a model.
 
     Parameters and errors as :func:`predict`.
+
+    Parameters
+    ----------
+    method, dataset, root, classes, model, checkpoint, cnn_checkpoint, shots, seed, mode, sizes, prompts : as
+        :func:`predict`.
+    winclip_in_segmentation, options, variant, class_prompts, detector, max_images, eval_size, n_boot : as
+        :func:`predict`.
+    cache, autocast, device, out, overwrite, progress : as :func:`predict`.
+
+    Returns
+    -------
+    RunPlan
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
@@ -401,6 +512,13 @@ def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classe
         if shots and not parts["train"]:
             raise ValueError(f"class {cls!r} of {data_root} has no train images (train/good missing or empty): "
                              f"shots={shots} needs {shots} normal reference images")
+        if method == "musc":  # mutual scoring needs enough other images of the class
+            try:
+                check_class_size(len(test), cfg)
+            except ValueError as exc:
+                raise ValueError(f"class {cls!r} of {data_root} has {len(test)} test images"
+                                 + (f" (with --max-images {max_images})" if len(test) < len(parts["test"]) else "")
+                                 + f": {exc}") from None
         tests[cls] = test
         references[cls] = sample_references(parts["train"], shots, seed) if shots else []
         if p.get("class_prompts"):
@@ -433,7 +551,16 @@ def _stat_digest(paths) -> str:
 
 def fingerprint(plan: "RunPlan") -> dict:
     """What a finished run folder must match to be reused instead of recomputed (``resume``): the code, the
-    weights file's content, the prompt files' contents and the images' paths, sizes and modification times."""
+    weights file's content, the prompt files' contents and the images' paths, sizes and modification times.
+
+    Parameters
+    ----------
+    plan : the :class:`RunPlan`.
+
+    Returns
+    -------
+    dict
+    """
     files = [*plan.params.get("prompts", ()), *(plan.params.get("class_prompts") or ())]
     images = [r.path for recs in (*plan.tests.values(), *plan.references.values()) for r in recs]
     return {"code": code_digest(), "weights": file_sha256(plan.weights) if plan.weights else "random",
@@ -442,7 +569,16 @@ def fingerprint(plan: "RunPlan") -> dict:
 
 def reusable(plan: "RunPlan") -> dict | None:
     """The finished run folder at ``plan.out`` as :func:`zsad.results.read_run` returns it, when it was computed
-    from exactly this plan (same parameters and :func:`fingerprint`); else None."""
+    from exactly this plan (same parameters and :func:`fingerprint`); else None.
+
+    Parameters
+    ----------
+    plan : the :class:`RunPlan`.
+
+    Returns
+    -------
+    dict or None
+    """
     if plan.out is None or not is_run_folder(plan.out):
         return None
     try:
@@ -462,7 +598,18 @@ def _config_record(cfg) -> dict:
 
 
 def execute(plan: RunPlan, progress: bool = True) -> dict:
-    """Compute a :class:`RunPlan`: load the weights, run the method per class, score, write the run folder."""
+    """Compute a :class:`RunPlan`: load the weights, run the method per class, score, write the run folder.
+
+    Parameters
+    ----------
+    plan : a :class:`RunPlan` from :func:`plan_run`.
+    progress : tqdm bars per feature pass.
+
+    Returns
+    -------
+    dict
+        ``{"metrics", "predictions", "provenance", "path"}``, as :func:`predict`.
+    """
     spec, params, applied = plan.spec, plan.params, plan.applied
     loaded = _load_weights(spec.family, params.get("model", ""), plan.weights, params["device"])
     if spec.family == "cnn":
@@ -509,7 +656,7 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
     Parameters
     ----------
     method : a key of :data:`METHODS` (``fade``, ``winclip``, ``patchcore``, ``tamura``, ``cheung`` and its two
-        ablation rows).
+        ablation rows, ``musc``).
     dataset, root : a study dataset name (``synthetic``, ``magnetic_tile``, ``mvtec``, ``visa``, ``folder``) and its
         root (default: the embedded data, or ``$ZSAD_MVTEC_ROOT`` / ``$ZSAD_VISA_ROOT``).
     classes : class names (comma-separated or a list); default all.
@@ -518,7 +665,8 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
     cnn_checkpoint : PatchCore: a torchvision WideResNet-50 file (default ``$ZSAD_CNN_CHECKPOINT``; none: RANDOM).
     shots, seed : reference images per class and the seed of their draw (FADE's sampler).
     mode : FADE: ``language``, ``vision`` or ``both`` guidance (default both).
-    sizes : FADE: segmentation scales, multiples of 16 (default 240, 448, 896).
+    sizes : FADE: segmentation scales, multiples of 16 (default 240, 448, 896); MuSc: its one input size
+        (default its config's ``image_size``, 240).
     prompts, winclip_in_segmentation : FADE: LLM prompt files added to the segmentation ensemble (default
         :data:`FADE_PROMPTS`, as FADE segments; ``"none"``: WinCLIP's ensemble only, an ablation), and whether
         WinCLIP's "object" ensemble stays in it (default True).
