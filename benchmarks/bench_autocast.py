@@ -102,7 +102,7 @@ def run_precision(loaded, by_class, refs, protos, sizes, autocast, batch_size, s
                 test = by_class[cls]
                 tt = _subset(tokens, [index[id(r)] for r in test])
                 rt = _subset(tokens, [index[id(r)] for r in refs[cls][:shots]]) if shots else None
-                out = fade(tt, FadeConfig(shots=shots, sizes=scale_set, eval_size=EVAL_SIZE),
+                out = fade(tt, FadeConfig(shots=shots, sizes=scale_set, map_size=EVAL_SIZE),
                            ac_prototypes=protos[cls]["ac"], as_prototypes=protos[cls]["as"], refs=rt)
                 per_class[cls] = evaluate_class([r.label for r in test], out.scores, _ground_truth(test, EVAL_SIZE),
                                                 out.maps)

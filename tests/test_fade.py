@@ -23,7 +23,7 @@ def _toy(vec, n=2, sizes=(32, 64)):
 
 
 def _cfg(**kw):
-    return FadeConfig(sizes=(32, 64), ac_size=32, eval_size=8, **kw)
+    return FadeConfig(sizes=(32, 64), ac_size=32, map_size=8, **kw)
 
 
 def test_language_score_formula():

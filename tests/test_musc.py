@@ -141,7 +141,7 @@ def _planted(n=8, grid=4, c=8, defect_image=3, defect_patch=5, seed=0):
 def test_a_defect_in_one_image_only_is_found(r_list):
     tokens, cls = _planted()
     cfg = MuscConfig(r_list=r_list, rscin_k=())
-    out = musc({0: tokens, 7: tokens * 2 + 1}, cls, cfg, out_size=4)  # two "layers" (LayerNorm removes the affine)
+    out = musc({0: tokens, 7: tokens * 2 + 1}, cls, cfg, map_size=4)  # two "layers" (LayerNorm removes the affine)
     assert int(np.argmax(out.scores)) == 3  # the image with the defect scores highest
     assert out.maps.shape == (8, 4, 4) and int(out.maps[3].argmax()) == 5  # at the defect's patch
     assert out.maps[3].max() > 2 * np.delete(out.maps, 3, axis=0).max()
@@ -151,8 +151,8 @@ def test_a_defect_in_one_image_only_is_found(r_list):
 
 def test_rescoring_and_the_half_pool_change_scores_but_keep_the_defect():
     tokens, cls = _planted(n=12)
-    full = musc({0: tokens}, cls, MuscConfig(r_list=(1,)), out_size=8)
-    half = musc({0: tokens}, cls, MuscConfig(r_list=(1,), pool_fraction=0.5, pool_seed=1), out_size=8)
+    full = musc({0: tokens}, cls, MuscConfig(r_list=(1,)), map_size=8)
+    half = musc({0: tokens}, cls, MuscConfig(r_list=(1,), pool_fraction=0.5, pool_seed=1), map_size=8)
     assert full.info["pool_size"] == 11 and half.info["pool_size"] == 6 and half.info["k"] == 1
     assert int(np.argmax(full.scores)) == int(np.argmax(half.scores)) == 3
     assert not np.allclose(full.info["raw_scores"], half.info["raw_scores"])  # the pool changes every score
@@ -162,8 +162,8 @@ def test_rescoring_and_the_half_pool_change_scores_but_keep_the_defect():
 def test_upsampling_keeps_grid_values_at_the_corners():
     """align_corners=True (as the official code): the corners of the output map are the corner patches' scores."""
     tokens, cls = _planted()
-    small = musc({0: tokens}, cls, MuscConfig(r_list=(1,), rscin_k=()), out_size=4)
-    big = musc({0: tokens}, cls, MuscConfig(r_list=(1,), rscin_k=()), out_size=10)
+    small = musc({0: tokens}, cls, MuscConfig(r_list=(1,), rscin_k=()), map_size=4)
+    big = musc({0: tokens}, cls, MuscConfig(r_list=(1,), rscin_k=()), map_size=10)
     rows, cols = [0, 0, -1, -1], [0, -1, 0, -1]
     np.testing.assert_allclose(big.maps[:, rows, cols], small.maps[:, rows, cols], rtol=1e-6)
 
@@ -171,7 +171,7 @@ def test_upsampling_keeps_grid_values_at_the_corners():
 def test_small_classes_and_bad_settings_are_refused():
     tokens, cls = _planted(n=4)
     with pytest.raises(ValueError, match="too few"):
-        musc({0: tokens}, cls, MuscConfig(), out_size=4)  # int(0.3 * 3) = 0 distances to average
+        musc({0: tokens}, cls, MuscConfig(), map_size=4)  # int(0.3 * 3) = 0 distances to average
     check_class_size(5, MuscConfig())  # int(0.3 * 4) = 1: enough
     with pytest.raises(ValueError, match="RsCIN window 9"):
         check_class_size(8, MuscConfig(rscin_k=(1, 8, 9)))

@@ -248,7 +248,7 @@ def test_patch_equal_to_memory_scores_zero():
     test[0] = ref[1]  # a whole test image equal to a reference
     test[1, 7] = ref[0, 3] * 1.0  # one patch equal to a memory patch
     cfg = PatchCoreConfig(coreset_ratio=1.0)
-    out = patchcore(test, ref, grid, cfg, out_size=32)
+    out = patchcore(test, ref, grid, cfg, map_size=32)
     assert out.scores[0] == 0.0 and np.all(out.maps[0] == 0.0)
     # brute-force patch scores of image 1 (un-blurred): the image score is their max
     bank = ref.reshape(-1, 8).double()
@@ -261,7 +261,7 @@ def test_patch_equal_to_memory_scores_zero():
 
 def test_maps_shape_range_and_blur():
     test, ref, grid = _toy(n_test=4)
-    out = patchcore(test, ref, grid, PatchCoreConfig(), out_size=48)
+    out = patchcore(test, ref, grid, PatchCoreConfig(), map_size=48)
     assert isinstance(out, MethodOutput)
     assert out.scores.shape == (4,) and out.maps.shape == (4, 48, 48) and out.maps.dtype == np.float32
     assert np.isfinite(out.maps).all() and out.maps.min() >= 0.0
@@ -269,18 +269,18 @@ def test_maps_shape_range_and_blur():
     assert np.all(out.maps.reshape(4, -1).max(1) <= out.scores + 1e-5)
     assert out.info["memory_patches"] == 40 and out.info["coreset_patches"] == coreset_size(40, 0.1) == 4
     assert math.isclose(out.info["blur_sigma_px"], 4.0 * 48 / 224)
-    unblurred = patchcore(test, ref, grid, PatchCoreConfig(blur_sigma=0.0), out_size=48)
+    unblurred = patchcore(test, ref, grid, PatchCoreConfig(blur_sigma=0.0), map_size=48)
     assert np.array_equal(unblurred.scores, out.scores)  # the image score ignores the blur
     assert unblurred.maps.std() > out.maps.std()
     # the memory bank can be given flat; chunking does not change anything
-    flat = patchcore(test, ref.reshape(-1, 8), grid, PatchCoreConfig(chunk_elements=7), out_size=48)
+    flat = patchcore(test, ref.reshape(-1, 8), grid, PatchCoreConfig(chunk_elements=7), map_size=48)
     assert np.allclose(flat.scores, out.scores) and np.allclose(flat.maps, out.maps, atol=1e-6)
 
 
 def test_coreset_ratio_one_keeps_everything_and_smaller_banks_score_higher():
     test, ref, grid = _toy(n_test=5, seed=2)
-    full = patchcore(test, ref, grid, PatchCoreConfig(coreset_ratio=1.0), out_size=16)
-    small = patchcore(test, ref, grid, PatchCoreConfig(coreset_ratio=0.25), out_size=16)
+    full = patchcore(test, ref, grid, PatchCoreConfig(coreset_ratio=1.0), map_size=16)
+    small = patchcore(test, ref, grid, PatchCoreConfig(coreset_ratio=0.25), map_size=16)
     assert full.info["coreset_patches"] == full.info["memory_patches"] == 40
     assert small.info["coreset_patches"] == 10
     assert np.all(small.scores >= full.scores - 1e-6)  # a subset of the bank is never nearer
@@ -288,9 +288,9 @@ def test_coreset_ratio_one_keeps_everything_and_smaller_banks_score_higher():
 
 def test_reweighted_image_score():
     test, ref, grid = _toy(n_test=4, seed=3)
-    plain = patchcore(test, ref, grid, PatchCoreConfig(coreset_ratio=1.0), out_size=16)
+    plain = patchcore(test, ref, grid, PatchCoreConfig(coreset_ratio=1.0), map_size=16)
     b = 3
-    rew = patchcore(test, ref, grid, PatchCoreConfig(coreset_ratio=1.0, neighbours=b), out_size=16)
+    rew = patchcore(test, ref, grid, PatchCoreConfig(coreset_ratio=1.0, neighbours=b), map_size=16)
     # eq. 7: s* times a weight in [1 - 1/b, 1)
     assert np.all(rew.scores <= plain.scores) and np.all(rew.scores >= (1 - 1 / b) * plain.scores - 1e-6)
     assert np.array_equal(rew.maps, plain.maps)
@@ -310,12 +310,12 @@ def test_reweighted_image_score():
 def test_bad_inputs():
     test, ref, grid = _toy()
     with pytest.raises(ValueError):
-        patchcore(test, ref, (5, 5), out_size=8)
+        patchcore(test, ref, (5, 5), map_size=8)
     with pytest.raises(ValueError):
-        patchcore(test, ref[..., :4], grid, out_size=8)
+        patchcore(test, ref[..., :4], grid, map_size=8)
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError):
-            patchcore(test, ref, grid, PatchCoreConfig(coreset_ratio=bad), out_size=8)
+            patchcore(test, ref, grid, PatchCoreConfig(coreset_ratio=bad), map_size=8)
 
 
 # --------------------------------------------------------------------------------- k-shot on the synthetic set
@@ -343,7 +343,7 @@ def synth_scores(synth_features):
         masks = np.stack([load_mask(r, 224).numpy() for r in test]).ravel()
         for name, f in (("layer2+layer3", feats), ("layer2", feats[..., :512])):
             for k in (1, 2):
-                out = patchcore(f[2:], f[:k], grid, PatchCoreConfig(), out_size=224)
+                out = patchcore(f[2:], f[:k], grid, PatchCoreConfig(), map_size=224)
                 results[cls, name, k] = (roc_auc_score(labels, out.scores), roc_auc_score(masks, out.maps.ravel()))
     for key, (image, pixel) in sorted(results.items()):
         print(f"PatchCore random WRN50 {key}: image AUROC {image:.3f}, pixel AUROC {pixel:.3f}")

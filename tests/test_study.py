@@ -303,7 +303,7 @@ def test_musc_predict_equals_the_pure_method_on_the_one_feature_pass(synth_root,
     test = [r for r in load_dataset("mvtec", synth_root, split="test", classes=["weave"])]
     test = [r for r in test if r.relpath in set(run["predictions"]["paths"])]
     tokens, taps = extract_layers(load_model("zsad-tiny-vit", seed=0), test, 96, (2, 5, 8, 11), progress=False)
-    want = musc(taps, tokens.clip[96][:, 0], MuscConfig(image_size=96), out_size=64)
+    want = musc(taps, tokens.clip[96][:, 0], MuscConfig(image_size=96), map_size=64)
     np.testing.assert_array_equal(run["predictions"]["scores"], want.scores)
     np.testing.assert_array_equal(run["predictions"]["maps"], want.maps)
     assert run["predictions"]["maps"].shape == (6, 64, 64) and not torch.is_tensor(run["predictions"]["maps"])

@@ -222,7 +222,7 @@ def test_zero_shot_fusion_toy():
     for (r, c), ws in cover.items():
         m2 = len(ws) / sum(1 / a[w] for w in ws)
         expected[r, c] = 2 / (1 / s0 + 1 / m2)
-    out = winclip(toy, text, WinClipConfig(scales=(2,), temperature=tau, out_size=3))
+    out = winclip(toy, text, WinClipConfig(scales=(2,), temperature=tau, map_size=3))
     np.testing.assert_allclose(out.scores, [s0], rtol=1e-6)  # float32 embeddings
     np.testing.assert_allclose(out.maps[0], expected, rtol=1e-6)
     assert out.maps.dtype == np.float32
@@ -245,20 +245,20 @@ def test_winclip_plus_toy():
     thetas = [0.1, 0.7, 1.2, 0.4]
     patch = F.normalize(torch.randn(9, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
     query = _toy_tokens(0.9, thetas, patch, name="q")
-    zero = winclip(query, text, WinClipConfig(scales=(2,), out_size=3))
+    zero = winclip(query, text, WinClipConfig(scales=(2,), map_size=3))
     # the query is its own reference: every distance is 0, so M_W = 0
-    same = winclip(query, text, WinClipConfig(shots=1, scales=(2,), out_size=3), ref_windows=query)
+    same = winclip(query, text, WinClipConfig(shots=1, scales=(2,), map_size=3), ref_windows=query)
     np.testing.assert_allclose(same.scores, zero.scores / 2, rtol=1e-12)
     np.testing.assert_allclose(same.maps, zero.maps / 2, rtol=1e-6)
     assert same.info["references"] == ["q"]
     # a reference orthogonal to everything: every distance is 1/2, so M_W = 1/2 everywhere
     ortho = _toy_tokens(0.0, [0.0] * 4, torch.tensor([[0.0, 0.0, 1.0]] * 9), name="r")
     query_xy = _toy_tokens(math.pi / 2, [math.pi / 2] * 4, torch.tensor([[1.0, 0.0, 0.0]] * 9))
-    z = winclip(query_xy, text, WinClipConfig(scales=(2,), out_size=3))
-    plus = winclip(query_xy, text, WinClipConfig(shots=1, scales=(2,), out_size=3), ref_windows=ortho)
+    z = winclip(query_xy, text, WinClipConfig(scales=(2,), map_size=3))
+    plus = winclip(query_xy, text, WinClipConfig(shots=1, scales=(2,), map_size=3), ref_windows=ortho)
     np.testing.assert_allclose(plus.scores, (z.scores + 0.5) / 2, rtol=1e-12)
     np.testing.assert_allclose(plus.maps, (z.maps + 0.5) / 2, rtol=1e-6)
-    summed = winclip(query_xy, text, WinClipConfig(shots=1, scales=(2,), out_size=3, fusion="sum"), ortho)
+    summed = winclip(query_xy, text, WinClipConfig(shots=1, scales=(2,), map_size=3, fusion="sum"), ortho)
     np.testing.assert_allclose(summed.maps, z.maps + 0.5, rtol=1e-6)
     np.testing.assert_allclose(summed.scores, plus.scores, rtol=1e-12)
     # misuse is an error, not a silent fallback

@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-
 #: ``zsad grid`` tables (the keys of :data:`zsad.grids.TABLES`; listed here so ``zsad --help`` imports no torch,
 #: and tested to agree).
 GRID_TABLES = ["main", "gem-vs-clip", "prompts", "scales", "cheung", "tamura", "guidance", "musc"]

@@ -33,7 +33,7 @@ Parameters read from ``params`` (all optional; the study's other keys are ignore
   random config, the default CPU run) / ``"random-default"`` (the full-size random config); loaded once per process;
 - ``detector_seed``: seed of a random detector (0);
 - ``use_detection``, ``fusion_weight``, ``box_threshold``, ``text_threshold``, ``max_boxes``, ``min_box_size``,
-  ``fallback``, ``score``, ``guard``, ``eps``, ``tau``, ``image_size``: fields of
+  ``fallback``, ``score``, ``guard``, ``eps``, ``temperature``, ``image_size``: fields of
   :class:`zsad.methods.cheung.CheungConfig` (None -> its default).
 
 The method is zero-shot: reference images (``refs``) are not used (their count is recorded). Every output is
@@ -232,7 +232,7 @@ def patchcore_class(loaded, cls, test, refs, params, progress):
     cache, autocast = params.get("cache"), params.get("autocast")
     test_feat, grid = extract_patch_features(loaded, test, progress=progress, cache=cache, autocast=autocast)
     ref_feat, _ = extract_patch_features(loaded, refs, progress=progress, cache=cache, autocast=autocast)
-    return patchcore(test_feat, ref_feat, grid, params["config"], out_size=params["eval_size"])
+    return patchcore(test_feat, ref_feat, grid, params["config"], map_size=params["eval_size"])
 
 
 # ------------------------------------------------------------------------------------------ Cheung et al.
@@ -662,6 +662,6 @@ def musc_class(loaded, cls, test, refs, params, progress) -> MethodOutput:
         tokens = extract_tokens(loaded, test, (size,), progress=progress, desc=f"{cls} test", cache=cache,
                                 autocast=autocast)
         taps = {-1: tokens.stream(cfg.features)[size]}  # -1: the stream's final tokens (after ln_post and proj)
-    out = musc(taps, tokens.clip[size][:, 0], cfg, out_size=params["eval_size"])
+    out = musc(taps, tokens.clip[size][:, 0], cfg, map_size=params["eval_size"])
     out.info.update(features=cfg.features, image_size=size, references_ignored=len(refs or []))
     return out

@@ -185,7 +185,7 @@ def _config(method: str, cls, fixed: dict, options: dict):
 
 
 def _fade_config(p: dict) -> FadeConfig:
-    cfg = _config("fade", FadeConfig, {"shots": p["shots"], "sizes": p["sizes"], "eval_size": p["eval_size"]},
+    cfg = _config("fade", FadeConfig, {"shots": p["shots"], "sizes": p["sizes"], "map_size": p["eval_size"]},
                   {"ac_mode": p["mode"], "as_mode": p["mode"], **p["options"]})
     return replace(cfg, sizes=tuple(p["sizes"]))
 

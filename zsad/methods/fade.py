@@ -78,10 +78,10 @@ class FadeConfig:
     vision_weight : float, optional
         Weight of the vision map in the AS fusion (the language map gets ``1 - vision_weight``); None: 0.5 for
         0-shot, 0.85 for k-shot.
-    eval_size : int, default 448
+    map_size : int, default 448
         Side of the returned maps in px.
     fade_compat : bool, default True
-        uint8 quantisation before the resize to ``eval_size``, OpenCV resizes (see the module docstring).
+        uint8 quantisation before the resize to ``map_size``, OpenCV resizes (see the module docstring).
     """
 
     shots: int = 0  # 0: zero-shot (query self-memory); k >= 1: k reference images
@@ -95,8 +95,8 @@ class FadeConfig:
     temperature: float = 0.01
     vision_multiplier: float | None = None  # None: 80.0 for 0-shot, 3.5 for k-shot
     vision_weight: float | None = None  # weight of the vision map in the AS fusion; None: 0.5 / 0.85
-    eval_size: int = 448  # size of the returned maps
-    fade_compat: bool = True  # uint8 quantisation before the resize to eval_size, OpenCV resizes
+    map_size: int = 448  # size of the returned maps
+    fade_compat: bool = True  # uint8 quantisation before the resize to map_size, OpenCV resizes
 
     def resolved(self) -> "FadeConfig":
         """Return the config with every ``None`` replaced by the official value for its setting, validated.
@@ -302,15 +302,15 @@ def vision_map(test: TokenSet, cfg: FadeConfig, refs: TokenSet | None = None,
 def _final_maps(fused: torch.Tensor, cfg: FadeConfig) -> np.ndarray:
     if cfg.fade_compat:
         quantised = (fused.clamp(0, 1) * 255).to(torch.uint8).numpy()  # truncation, as the official code
-        return np.stack([cv2.resize(m, (cfg.eval_size, cfg.eval_size), interpolation=cv2.INTER_LINEAR)
+        return np.stack([cv2.resize(m, (cfg.map_size, cfg.map_size), interpolation=cv2.INTER_LINEAR)
                          for m in quantised])
-    return resize_maps(fused, cfg.eval_size).numpy().astype(np.float32)
+    return resize_maps(fused, cfg.map_size).numpy().astype(np.float32)
 
 
 def fade(test: TokenSet, cfg: FadeConfig, *, ac_prototypes: torch.Tensor | None = None,
          as_prototypes: torch.Tensor | None = None, refs: TokenSet | None = None,
          vision: dict[int, torch.Tensor] | None = None) -> MethodOutput:
-    """Run FADE on one class: image scores (N,) and anomaly maps (N, eval_size, eval_size).
+    """Run FADE on one class: image scores (N,) and anomaly maps (N, map_size, map_size).
 
     The fusion rules are those of the module docstring's table.
 
@@ -335,7 +335,7 @@ def fade(test: TokenSet, cfg: FadeConfig, *, ac_prototypes: torch.Tensor | None 
     Returns
     -------
     MethodOutput
-        Scores (N,); maps (N, eval_size, eval_size), uint8 in compat mode, float32 otherwise; ``info`` holds the
+        Scores (N,); maps (N, map_size, map_size), uint8 in compat mode, float32 otherwise; ``info`` holds the
         fused grid side and the resolved config.
 
     Raises

@@ -335,7 +335,7 @@ def rscin(scores, cls_tokens: torch.Tensor, windows: Sequence[int] = (1, 2, 3),
 
 
 def musc(layer_tokens: Mapping[int, torch.Tensor], cls_tokens: torch.Tensor, cfg: MuscConfig, *,
-         out_size: int, has_cls: bool = True) -> MethodOutput:
+         map_size: int, has_cls: bool = True) -> MethodOutput:
     """MuSc on the test images of one class.
 
     Parameters
@@ -344,13 +344,13 @@ def musc(layer_tokens: Mapping[int, torch.Tensor], cls_tokens: torch.Tensor, cfg
         patch grid; a single entry for ``features="clip"`` / ``"gem"``.
     cls_tokens : (N, D) image embeddings for RsCIN (CLIP's ``encode_image``, i.e. the CLS of the ordinary stream).
     cfg : :class:`MuscConfig` (validated here).
-    out_size : side of the output maps in px (the evaluation size).
+    map_size : side of the output maps in px (the evaluation size).
     has_cls : whether token 0 of ``layer_tokens`` is a CLS token.
 
     Returns
     -------
     MethodOutput
-        ``scores`` (N,) float64 (RsCIN-re-scored unless ``rscin_k=()``), ``maps`` (N, out_size, out_size)
+        ``scores`` (N,) float64 (RsCIN-re-scored unless ``rscin_k=()``), ``maps`` (N, map_size, map_size)
         float32, ``info`` with the layers, degrees, k of the 30 % rule, the pool size and the raw maximum scores.
     """
     cfg = cfg.validated()
@@ -373,7 +373,7 @@ def musc(layer_tokens: Mapping[int, torch.Tensor], cls_tokens: torch.Tensor, cfg
                      for x in normed]
         per_r.append(torch.stack(per_layer).mean(0))  # mean over layers (float64)
     patch_map = torch.stack(per_r).mean(0).reshape(n, 1, grid, grid)  # then over the degrees r
-    maps = F.interpolate(patch_map, size=(out_size, out_size), mode="bilinear", align_corners=True)[:, 0]
+    maps = F.interpolate(patch_map, size=(map_size, map_size), mode="bilinear", align_corners=True)[:, 0]
     raw = maps.reshape(n, -1).amax(-1).numpy()
     scores = rscin(raw, cls_tokens, cfg.rscin_k, pools if cfg.pool_fraction < 1 else None)
     info = {"method": "musc", "layers": [int(x) for x in layer_tokens], "r_list": list(cfg.r_list), "k": k,

@@ -12,9 +12,9 @@ A pure function of patch features (made by :func:`zsad.cnn.extract_patch_feature
 3. Patch score: Euclidean distance of each test patch to its nearest memory patch (exact; ``torch.cdist`` in
    chunks finds the neighbour, the distance to it is then recomputed directly so that a test patch equal to a
    memory patch scores exactly 0).
-4. Anomaly map: the grid of patch scores, upsampled bilinearly (``align_corners=False``) to ``out_size`` and blurred
+4. Anomaly map: the grid of patch scores, upsampled bilinearly (``align_corners=False``) to ``map_size`` and blurred
    with a Gaussian of sigma 4 px (the paper's value, applied there to 224 px maps; here scaled with
-   ``out_size / 224`` so the blur covers the same fraction of the image at any output size; scipy's
+   ``map_size / 224`` so the blur covers the same fraction of the image at any output size; scipy's
    ``gaussian_filter``, mode ``reflect``, truncate 4 sigma, as in the paper's code).
 5. Image score: the maximum of the **un-blurred** patch scores (what the paper's code does; ``neighbours=0``, the
    default). ``neighbours=b >= 2`` applies the paper's eq. 7 instead: with ``m_test*`` the test patch of maximal
@@ -54,7 +54,7 @@ class PatchCoreConfig:
     neighbours : int, default 0
         0: image score = max patch score; b >= 2: the paper's eq. 7 reweighting over ``N_b(m*)``.
     blur_sigma : float, default 4.0
-        Gaussian sigma in pixels of a 224 px map (scaled with ``out_size``); 0: no blur.
+        Gaussian sigma in pixels of a 224 px map (scaled with ``map_size``); 0: no blur.
     chunk_elements : int, default ``1 << 25``
         Bound on (test patches x memory patches) per distance chunk.
     """
@@ -63,7 +63,7 @@ class PatchCoreConfig:
     projection_dim: int | None = 128  # random projection used for the coreset distances; None: full dimension
     seed: int = 0  # seed of the coreset's projection and starting patch
     neighbours: int = 0  # 0: image score = max patch score; b >= 2: the paper's eq. 7 reweighting over N_b(m*)
-    blur_sigma: float = 4.0  # Gaussian sigma in pixels of a 224 px map (scaled with out_size); 0: no blur
+    blur_sigma: float = 4.0  # Gaussian sigma in pixels of a 224 px map (scaled with map_size); 0: no blur
     chunk_elements: int = 1 << 25  # bound on (test patches x memory patches) per distance chunk
 
     def validated(self) -> "PatchCoreConfig":
@@ -234,7 +234,7 @@ def _reweighted(test: torch.Tensor, patch: torch.Tensor, nn_index: torch.Tensor,
 
 
 def patchcore(test_features, ref_features, grid: tuple[int, int], cfg: PatchCoreConfig | None = None,
-              out_size: int = 224) -> MethodOutput:
+              map_size: int = 224) -> MethodOutput:
     """Score test images against a memory bank built from k normal reference images.
 
     The steps are those of the module docstring.
@@ -249,19 +249,19 @@ def patchcore(test_features, ref_features, grid: tuple[int, int], cfg: PatchCore
         (h, w) of the patch grid.
     cfg : PatchCoreConfig, optional
         The options (validated here); None: defaults.
-    out_size : int, default 224
+    map_size : int, default 224
         Side of the returned square maps in px.
 
     Returns
     -------
     MethodOutput
-        ``scores`` (N,), ``maps`` (N, out_size, out_size) float32 >= 0 and ``info`` (memory-bank and coreset
+        ``scores`` (N,), ``maps`` (N, map_size, map_size) float32 >= 0 and ``info`` (memory-bank and coreset
         sizes, the blur sigma used, the image-score rule).
 
     Raises
     ------
     ValueError
-        When the config is invalid, the features do not fit ``grid`` or each other, or ``out_size`` is not a
+        When the config is invalid, the features do not fit ``grid`` or each other, or ``map_size`` is not a
         positive int.
     """
     cfg = (cfg or PatchCoreConfig()).validated()
@@ -273,8 +273,8 @@ def patchcore(test_features, ref_features, grid: tuple[int, int], cfg: PatchCore
     if ref.ndim not in (2, 3) or ref.shape[-1] != test.shape[-1] or ref.numel() == 0:
         raise ValueError(f"ref_features must be (K, P, {test.shape[-1]}) or (M, {test.shape[-1]}), "
                          f"got {tuple(ref.shape)}")
-    if isinstance(out_size, bool) or int(out_size) != out_size or out_size < 1:
-        raise ValueError(f"out_size must be a positive int, got {out_size!r}")
+    if isinstance(map_size, bool) or int(map_size) != map_size or map_size < 1:
+        raise ValueError(f"map_size must be a positive int, got {map_size!r}")
     n, p, d = test.shape
     bank = ref.reshape(-1, d)
     n_core = coreset_size(len(bank), cfg.coreset_ratio)
@@ -287,9 +287,9 @@ def patchcore(test_features, ref_features, grid: tuple[int, int], cfg: PatchCore
     else:
         scores = patch.amax(dim=1)
     grid_maps = patch.reshape(n, 1, h, w)
-    up = F.interpolate(grid_maps, size=(int(out_size), int(out_size)), mode="bilinear", align_corners=False)[:, 0]
+    up = F.interpolate(grid_maps, size=(int(map_size), int(map_size)), mode="bilinear", align_corners=False)[:, 0]
     maps = up.cpu().numpy().astype(np.float32)
-    sigma = cfg.blur_sigma * out_size / PAPER_SIZE
+    sigma = cfg.blur_sigma * map_size / PAPER_SIZE
     if sigma > 0:
         maps = gaussian_filter(maps, sigma=(0.0, sigma, sigma), mode="reflect", truncate=4.0)
     maps = np.maximum(maps, 0.0, out=maps)

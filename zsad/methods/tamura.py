@@ -24,7 +24,7 @@ The pipeline implemented here
    softmax: per window scale s, ``M_s(patch) = |W_p| / sum_{w in W_p} 1/p(e_w)`` (harmonic aggregation over the
    windows covering the patch, :func:`zsad.methods.winclip.harmonic_aggregate`), then the harmonic mean of the
    image score broadcast and the scale maps, ``M = (1 + S) / (1/s_0 + sum_s 1/M_s)``; the 15x15 grid is bilinearly
-   upsampled to ``out_size`` (240).
+   upsampled to ``map_size`` (240).
 
 Decisions (the paper leaves these open; every one is a :class:`TamuraConfig` field, default in brackets)
 --------------------------------------------------------------------------------------------------------------
@@ -57,7 +57,7 @@ Decisions (the paper leaves these open; every one is a :class:`TamuraConfig` fie
 - ``temperature`` [1.0]: divides the logit before the sigmoid (ranking of the image score is unaffected; the
   harmonic aggregations are, as with WinCLIP's tau).
 - ``scales`` [(2, 3)], ``map_includes_image`` [True]: WinCLIP's zero-shot map (harmonic mean with the image score
-  broadcast); False gives the harmonic mean of the window maps only. ``out_size`` [240].
+  broadcast); False gives the harmonic mean of the window maps only. ``map_size`` [240].
 
 Pure: no file I/O, no dataset knowledge.
 """
@@ -134,7 +134,7 @@ class TamuraConfig:
         Window scales in patches.
     map_includes_image : bool, default True
         Harmonic mean with the image score broadcast (WinCLIP zero-shot); False: the window maps only.
-    out_size : int, default 240
+    map_size : int, default 240
         Side of the returned maps in px.
     """
 
@@ -157,7 +157,7 @@ class TamuraConfig:
     temperature: float = 1.0  # sigmoid(logit / temperature)
     scales: tuple[int, ...] = (2, 3)
     map_includes_image: bool = True  # harmonic mean with the image score broadcast (WinCLIP zero-shot)
-    out_size: int = 240
+    map_size: int = 240
 
     def validated(self) -> "TamuraConfig":
         """Check the options and return the config.
@@ -184,7 +184,7 @@ class TamuraConfig:
             raise ValueError(f"insert_mode must be one of {INSERT_MODES}, got {self.insert_mode!r}")
         for name, lo in (("n_random_words", 0), ("word_min_len", 1), ("word_max_len", 1), ("samples_per_side", 1),
                          ("hidden", 0), ("epochs", 1), ("batch_size", 0), ("seed", 0), ("train_threads", 0),
-                         ("out_size", 1)):
+                         ("map_size", 1)):
             if not is_int(getattr(self, name), lo):
                 raise ValueError(f"{name} must be an int >= {lo}, got {getattr(self, name)!r}")
         if self.word_min_len > self.word_max_len:
@@ -707,7 +707,7 @@ def score_windows(test_windows: WindowTokens, scorer: Callable[[torch.Tensor], t
     """Score ``test_windows`` with a probability ``scorer``: image scores and maps.
 
     The image score is the scorer's value of the CLS embedding; the map is :func:`aggregate_map` of it and of the
-    window scores at ``cfg.scales``, bilinearly resized to ``cfg.out_size``.
+    window scores at ``cfg.scales``, bilinearly resized to ``cfg.map_size``.
 
     Parameters
     ----------
@@ -716,12 +716,12 @@ def score_windows(test_windows: WindowTokens, scorer: Callable[[torch.Tensor], t
     scorer : callable
         Maps embeddings (..., D) to probabilities (...).
     cfg : TamuraConfig, default TamuraConfig()
-        The options (validated here): ``scales``, ``map_includes_image``, ``out_size``.
+        The options (validated here): ``scales``, ``map_includes_image``, ``map_size``.
 
     Returns
     -------
     MethodOutput
-        Scores (N,) and maps (N, out_size, out_size) float32; ``info`` holds the method, grid and stride.
+        Scores (N,) and maps (N, map_size, map_size) float32; ``info`` holds the method, grid and stride.
 
     Raises
     ------
@@ -735,7 +735,7 @@ def score_windows(test_windows: WindowTokens, scorer: Callable[[torch.Tensor], t
     s0 = scorer(test_windows.cls).double()
     win = {s: scorer(test_windows.windows[s]).double() for s in cfg.scales}
     grid_maps = aggregate_map(s0, win, test_windows.grid, test_windows.stride, cfg.map_includes_image)
-    maps = resize_maps(grid_maps.float(), cfg.out_size)
+    maps = resize_maps(grid_maps.float(), cfg.map_size)
     info = {"method": "tamura", "grid": list(test_windows.grid), "stride": test_windows.stride}
     return MethodOutput(s0.cpu().numpy(), maps.cpu().numpy().astype(np.float32), info)
 
@@ -759,7 +759,7 @@ def tamura(test_windows: WindowTokens, text_embeddings: torch.Tensor, labels, cf
     -------
     MethodOutput
         Scores (N_img,) in [0, 1] (the FFN's anomaly probability of the CLS embedding) and maps
-        (N_img, out_size, out_size) float32 in [0, 1]; ``info`` holds the config, the training curve and accuracy.
+        (N_img, map_size, map_size) float32 in [0, 1]; ``info`` holds the config, the training curve and accuracy.
 
     Raises
     ------

@@ -44,7 +44,7 @@ Decisions
   (anomalib) prototypes differ only through their direction. Prompt ensemble (22 vs anomalib's 21 templates) and
   the "a photo of a {}." wrapper are the caller's choice (:func:`zsad.prompts.winclip_prompts`; anomalib encodes
   prompts without any wrapper).
-- maps: the 15x15 grid bilinearly upsampled (half-pixel centres) to ``out_size`` (240, the input size, as in
+- maps: the 15x15 grid bilinearly upsampled (half-pixel centres) to ``map_size`` (240, the input size, as in
   anomalib and zqhang); no smoothing.
 
 Pure: no file I/O, no dataset knowledge.
@@ -81,7 +81,7 @@ class WinClipConfig:
         Window sizes in patches.
     fusion : {"mean", "sum"}, default "mean"
         Few-shot map: ``(M_0 + M_W) / 2`` (anomalib) or ``M_0 + M_W`` (zqhang).
-    out_size : int, default 240
+    map_size : int, default 240
         Side of the returned maps in px.
     chunk : int, default 16
         Query images per distance computation (memory bound).
@@ -91,7 +91,7 @@ class WinClipConfig:
     temperature: float = 0.07  # anomalib / zqhang; 0.01 = CLIP's logit scale 100 (caoyunkang, FADE)
     scales: tuple[int, ...] = (2, 3)  # window sizes in patches
     fusion: str = "mean"  # few-shot map: "mean" (M_0 + M_W)/2 (anomalib) | "sum" M_0 + M_W (zqhang)
-    out_size: int = 240  # side of the returned maps
+    map_size: int = 240  # side of the returned maps
     chunk: int = 16  # query images per distance computation (memory bound)
 
     def validated(self) -> "WinClipConfig":
@@ -106,7 +106,7 @@ class WinClipConfig:
         ------
         ValueError
             When ``shots`` is not an int >= 0, ``temperature`` is not a positive finite number, ``scales`` are not
-            distinct ints >= 1, ``fusion`` is not one of ``FUSIONS``, or ``out_size`` or ``chunk`` is < 1.
+            distinct ints >= 1, ``fusion`` is not one of ``FUSIONS``, or ``map_size`` or ``chunk`` is < 1.
         """
         if isinstance(self.shots, bool) or not isinstance(self.shots, int) or self.shots < 0:
             raise ValueError(f"shots must be an int >= 0, got {self.shots!r}")
@@ -116,8 +116,8 @@ class WinClipConfig:
             raise ValueError(f"scales must be distinct ints >= 1, got {self.scales!r}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if self.out_size < 1 or self.chunk < 1:
-            raise ValueError(f"out_size and chunk must be >= 1, got {self.out_size}, {self.chunk}")
+        if self.map_size < 1 or self.chunk < 1:
+            raise ValueError(f"map_size and chunk must be >= 1, got {self.map_size}, {self.chunk}")
         return self
 
 
@@ -290,7 +290,7 @@ def winclip(test_windows: WindowTokens, text_prototypes: torch.Tensor, cfg: WinC
     Returns
     -------
     MethodOutput
-        Scores (N,) float64 and maps (N, out_size, out_size) float32; ``info`` records the settings and, for
+        Scores (N,) float64 and maps (N, map_size, map_size) float32; ``info`` records the settings and, for
         WinCLIP+, the reference relpaths.
 
     Raises
@@ -349,5 +349,5 @@ def winclip(test_windows: WindowTokens, text_prototypes: torch.Tensor, cfg: WinC
         scores = (s0 + mw.amax(dim=(-2, -1))) / 2
         info["references"] = list(refs.relpaths)
 
-    maps = resize_maps(grid_maps.float(), cfg.out_size)
+    maps = resize_maps(grid_maps.float(), cfg.map_size)
     return MethodOutput(scores.cpu().numpy(), maps.cpu().numpy().astype(np.float32), info)
