@@ -13,6 +13,11 @@ feature cache and the run folders in temporary folders so that nothing committed
     .venv/bin/python benchmarks/bench_study_vs_main.py --model ViT-B-16-plus-240 --max-images 3 --datasets synthetic
 
 Extra ``-p NAME VALUE`` pairs go to every notebook (papermill parameters, see a notebook's first code cell).
+
+Text work: the number of prompt embeddings each cache holds afterwards (kind ``text``, one entry per prompt and
+wrapper) is recorded; with ``--text-cost FILE`` (a ``bench_text_context.py`` JSON) the report adds what the study
+would cost with every prompt beyond the main table's encoded at trimmed rather than full context (measured seconds
+per prompt of the model, averaged over its prompt sets): ``ratio_if_text_trimmed``.
 """
 from __future__ import annotations
 
@@ -53,6 +58,20 @@ def phase(label: str, names: list[str], params, cache: Path, results: Path, work
     return times
 
 
+def text_entry_count(cache: Path) -> int:
+    """Prompt embeddings in a feature cache (kind ``text``)."""
+    folder = cache / "text"
+    return sum(1 for _ in folder.rglob("*.safetensors")) if folder.is_dir() else 0
+
+
+def text_cost(path: Path, model: str) -> dict[str, float]:
+    """Seconds per prompt, full and trimmed context, averaged over ``model``'s prompt sets in a
+    ``bench_text_context.py`` report (weighted by their prompt counts)."""
+    sets = json.loads(path.read_text())["models"][model]["prompt_sets"].values()
+    n = sum(s["prompts"] for s in sets)
+    return {c: sum(s["seconds_per_prompt"][c] * s["prompts"] for s in sets) / n for c in ("full", "trim")}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -63,6 +82,7 @@ def main(argv=None) -> int:
     ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="any other notebook parameter")
     ap.add_argument("--notebooks", nargs="+", default=NOTEBOOKS, help="the study (default: every notebook)")
+    ap.add_argument("--text-cost", type=Path, help="bench_text_context.py JSON: per-prompt full / trimmed seconds")
     ap.add_argument("--work", type=Path, help="keep caches and executed notebooks here (default: a temp folder)")
     args = ap.parse_args(argv)
     params = [(k, v) for k, v in (("model", args.model), ("max_images", args.max_images),
@@ -76,6 +96,7 @@ def main(argv=None) -> int:
         main_cold = phase("main cold", [MAIN], params, work / "cache_main", work / "results_main", work)
         study_cold = phase("study cold", order, params, work / "cache_study", work / "results_study", work)
         study_warm = phase("study warm", order, params, work / "cache_study", work / "results_study", work)
+        text_entries = {label: text_entry_count(work / f"cache_{label}") for label in ("main", "study")}
 
     total = {k: sum(v.values()) for k, v in (("main_cold", main_cold), ("study_cold", study_cold),
                                              ("study_warm", study_warm))}
@@ -87,7 +108,14 @@ def main(argv=None) -> int:
         "total_seconds": total,
         "ratio_study_to_main": total["study_cold"] / total["main_cold"],
         "feature_seconds_study": total["study_cold"] - total["study_warm"],
+        "text_entries": text_entries,
     }
+    if args.text_cost:
+        cost = text_cost(args.text_cost, args.model or "zsad-tiny-vit")
+        extra = text_entries["study"] - text_entries["main"]
+        saved = extra * (cost["full"] - cost["trim"])
+        report["text_cost_seconds_per_prompt"] = cost
+        report["ratio_if_text_trimmed"] = (total["study_cold"] - saved) / total["main_cold"]
     print(json.dumps({k: report[k] for k in ("total_seconds", "ratio_study_to_main", "feature_seconds_study")},
                      indent=1))
     if args.out:

@@ -146,3 +146,44 @@ def test_cnn_features_do_not_depend_on_threads_or_batch(synth_root):
         torch.set_num_threads(before)
     assert all(torch.equal(f, feats[1, 3]) for f in feats.values())
     assert torch.backends.mkldnn.enabled  # the flag is restored after the forward
+
+
+def test_gpu_request_shares_a_gpu_when_memory_and_cpus_allow():
+    from zsad.distributed import TASK_GPU_BYTES, gpu_request
+
+    assert gpu_request(None, cuda=False) == 0.0 and gpu_request(0.25, cuda=False) == 0.0  # no GPU: none asked
+    assert gpu_request(None, cuda=True) == 1.0  # a whole GPU, as before, unless a share is asked for
+    assert gpu_request(0.25, cuda=True) == 0.25
+    gib = 2**30
+    # 141 GiB fit 23 tasks of 6 GiB; 16 CPUs at 2 per task allow 8: 8 tasks share the GPU
+    assert gpu_request("auto", cuda=True, node_cpus=16, cpus_per_task=2, gpu_bytes=141 * gib) == 0.125
+    assert gpu_request("auto", cuda=True, node_cpus=64, cpus_per_task=1, gpu_bytes=141 * gib) == 0.0434  # 1/23
+    assert gpu_request("auto", cuda=True, node_cpus=16, gpu_bytes=TASK_GPU_BYTES - 1) == 1.0  # one fits at most
+    for bad in (0, 1.5, -0.1, True, "half"):
+        with pytest.raises(ValueError, match=r"gpu_fraction \(--gpu-fraction\) must be a number in \(0, 1\]"):
+            gpu_request(bad, cuda=True)
+    with pytest.raises(ValueError, match="needs the GPU's memory"):
+        gpu_request("auto", cuda=True, node_cpus=4)
+
+
+def test_ray_worker_log_shows_each_task(synth_root, tmp_path, local_ray):
+    """One JSON line per task, in job order: another process than the driver, the request it ran with (no GPU here),
+    the driver's thread count, and its run folder."""
+    import os
+
+    from zsad.distributed import run_on_ray
+
+    jobs = [dict(method="fade", dataset="synthetic", root=str(synth_root), classes="grain", model="zsad-tiny-vit",
+                 sizes="240", max_images=2, n_boot=0, shots=0, seed=0, out=tmp_path / f"run{i}") for i in range(2)]
+    log = tmp_path / "workers.jsonl"
+    with pytest.raises(ValueError, match="gpu_fraction"):
+        run_on_ray(jobs, progress=False, gpu_fraction=2)
+    results = run_on_ray(jobs, progress=False, threads=1, worker_log=log)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["worker"] for r in results] == lines
+    assert [line["out"] for line in lines] == [str(tmp_path / "run0"), str(tmp_path / "run1")]
+    for line in lines:
+        assert line["pid"] != os.getpid() and line["num_gpus"] == 0.0 and line["num_cpus"] == 1
+        assert line["threads"] == 1 and line["gpu_ids"] == [] and 0 < line["wall_seconds"]
+        assert line["start_unix"] <= line["end_unix"]
+    assert all((tmp_path / f"run{i}" / "provenance.json").is_file() for i in range(2))

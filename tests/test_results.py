@@ -203,3 +203,98 @@ def test_commit_is_dirty_only_for_changes_in_code_prompts_or_data(tmp_path):
     assert not results.git_commit(tmp_path).endswith("+dirty")
     (tmp_path / "prompts/p.json").write_text("1\n")
     assert results.git_commit(tmp_path).endswith("+dirty")
+
+
+# ------------------------------------------------------------------------------------------- compact map storage
+
+def _two_class_predictions(size=16):
+    """Two classes on very different value ranges, planted defects that the maps rank imperfectly."""
+    rng = np.random.default_rng(1)
+    n = 6
+    masks = np.zeros((n, size, size), bool)
+    masks[1, 3:7, 3:7] = masks[2, 8:12, 2:5] = masks[4, 0:5, 10:15] = masks[5, 9:14, 9:14] = True
+    maps = (rng.random((n, size, size)) + 0.6 * masks).astype(np.float32)
+    maps[3:] = 50.0 + 400.0 * maps[3:]  # class "grain": a range like PatchCore's distances
+    return {"paths": [f"c/test/{i}.png" for i in range(n)], "classes": ["weave"] * 3 + ["grain"] * 3,
+            "labels": [0, 1, 1, 0, 1, 1], "scores": rng.random(n), "masks": masks, "maps": maps}
+
+
+def test_uint8_storage_quantises_each_class_on_its_own_range():
+    """Hand-computed codes: 256 levels between a class's smallest and largest value."""
+    maps = np.array([[[0.0, 1.0]], [[0.5, 0.25]], [[10.0, 20.0]], [[15.0, 12.0]]], np.float32)
+    out = results.encode_maps(maps, ["a", "a", "b", "b"], "uint8")
+    np.testing.assert_array_equal(out["maps"].reshape(4, 2), [[0, 255], [128, 64], [0, 255], [128, 51]])
+    np.testing.assert_array_equal(out["maps_offset"], [0, 0, 10, 10])
+    np.testing.assert_allclose(out["maps_scale"], [1 / 255, 1 / 255, 10 / 255, 10 / 255])
+    back = results.decode_maps(out)
+    assert back.dtype == np.float32
+    assert np.abs(back - maps).max() <= 0.5 * 10 / 255 + 1e-6  # half a level of the wider class
+    np.testing.assert_array_equal(results.decode_maps(out, dequantise=False), out["maps"])
+    const = results.encode_maps(np.full((2, 1, 2), 3.5, np.float32), ["a", "a"], "uint8")
+    np.testing.assert_array_equal(results.decode_maps(const), np.full((2, 1, 2), 3.5, np.float32))
+
+
+@pytest.mark.parametrize("storage", results.MAP_STORAGES)
+def test_stored_run_evaluates_to_its_metrics(tmp_path, storage):
+    """Metrics computed on the maps as stored are what `zsad eval` recomputes from the run folder, exactly; the
+    maps read back are float32 and within the storage's rounding of the computed ones."""
+    from zsad.evaluate import evaluate_predictions, metrics_table
+
+    pred = _two_class_predictions()
+    stored = results.apply_map_storage(pred, storage)
+    table = metrics_table(stored, dataset="synthetic", method="fade", setting="0-shot", shots=0, seed=0, n_boot=20)
+    prov = results.provenance({"dataset": "synthetic", "method": "fade", "setting": "0-shot", "shots": 0,
+                               "seed": 0}, seed=0)
+    run = write_run(tmp_path / storage, table, pred, prov, map_storage=storage)
+    again = evaluate_predictions(run, n_boot=20)
+    assert metrics_csv_bytes(again) == (run / "metrics.csv").read_bytes()
+    back = read_predictions(run)
+    assert back["maps"].dtype == np.float32
+    np.testing.assert_array_equal(back["maps"], stored["maps"])
+    err = np.abs(back["maps"] - pred["maps"])
+    bound = {"float32": 0.0, "float16": 2.0 ** -11 * np.abs(pred["maps"]),
+             "uint8": np.where(np.arange(6)[:, None, None] < 3, 0.5 * np.ptp(pred["maps"][:3]) / 255,
+                               0.5 * np.ptp(pred["maps"][3:]) / 255) * 1.0001}[storage]
+    assert np.all(err <= bound)
+    with np.load(run / "predictions.npz") as npz:
+        members = set(npz.files)
+        assert npz["maps"].dtype == {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}[storage]
+    assert members == set(results.PREDICTION_KEYS) | ({"maps_offset", "maps_scale"} if storage == "uint8" else set())
+    recorded = json.loads((run / "provenance.json").read_text()).get("map_storage")
+    assert recorded == (None if storage == "float32" else
+                        {"requested": storage, "stored_dtype": storage, "quantised_per_class": storage == "uint8"})
+    if storage == "uint8":  # the per-class codes give the same metrics through the uint8 path
+        codes = read_predictions(run, dequantise=False)
+        assert codes["maps"].dtype == np.uint8
+        fast = metrics_table(codes, dataset="synthetic", method="fade", setting="0-shot", shots=0, seed=0, n_boot=0)
+        slow = metrics_table(stored, dataset="synthetic", method="fade", setting="0-shot", shots=0, seed=0, n_boot=0)
+        pd.testing.assert_frame_equal(fast, slow)
+
+
+def test_uint8_maps_are_stored_as_they_are(tmp_path):
+    """FADE's maps are uint8 already: every storage writes them unchanged, and says so."""
+    pred = _two_class_predictions()
+    pred["maps"] = (pred["maps"] % 1 * 255).astype(np.uint8)
+    for storage in results.MAP_STORAGES:
+        assert results.apply_map_storage(pred, storage) is pred
+        run = write_run(tmp_path / storage, _metrics(), pred, _prov(), map_storage=storage)
+        back = read_predictions(run)
+        assert back["maps"].dtype == np.uint8
+        np.testing.assert_array_equal(back["maps"], pred["maps"])
+    assert json.loads((run / "provenance.json").read_text())["map_storage"] == {
+        "requested": "uint8", "stored_dtype": "uint8", "quantised_per_class": False}
+
+
+def test_bad_map_storage_is_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match=r"map_storage \(--map-storage\) must be one of"):
+        write_run(tmp_path / "r", _metrics(), _predictions(), _prov(), map_storage="int4")
+    assert not (tmp_path / "r").exists()
+    big = _predictions()
+    big["maps"] = big["maps"] * 1e5
+    with pytest.raises(ValueError, match="exceeds float16's range"):
+        write_run(tmp_path / "r", _metrics(), big, _prov(), map_storage="float16")
+    bad = _predictions()
+    bad["maps"][0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        results.apply_map_storage(bad, "uint8")
+    assert not (tmp_path / "r").exists()

@@ -165,6 +165,58 @@ def test_fade_patch_distances_are_cached_per_image_and_reference_set(synth_root,
     assert len(list((tmp_path / "cache" / "knn").rglob("*.safetensors"))) == 3 * 6 * 2
 
 
+def test_fade_scores_a_large_class_in_chunks_with_the_same_result(synth_root, tmp_path, monkeypatch):
+    # FADE_CHUNK bounds the tokens in memory; each image's score and map depend on that image alone, so scoring
+    # 8 images at a time gives what one pass over the class gives (to float rounding of the batched products)
+    from zsad import runners
+
+    args = dict(classes="weave", max_images=12, model="zsad-tiny-vit", sizes=(240, 448), n_boot=0, progress=False,
+                cache=False)
+    for shots in (0, 1):
+        whole = predict("fade", "synthetic", synth_root, shots=shots, **args)["predictions"]
+        monkeypatch.setattr(runners, "FADE_CHUNK", 8)
+        calls = []
+        monkeypatch.setattr(runners, "fade", lambda tokens, *a, **k: _count(calls, tokens, a, k))
+        chunked = predict("fade", "synthetic", synth_root, shots=shots, **args)["predictions"]
+        monkeypatch.undo()
+        assert calls == [8, 4]
+        assert list(chunked["paths"]) == list(whole["paths"])
+        np.testing.assert_allclose(chunked["scores"], whole["scores"], rtol=0, atol=1e-6)
+        assert np.abs(chunked["maps"].astype(int) - whole["maps"].astype(int)).max() <= 1
+
+
+def test_map_storage_is_applied_recorded_and_read_back(synth_root, tmp_path):
+    from zsad.evaluate import evaluate_predictions
+    from zsad.results import metrics_csv_bytes
+
+    args = dict(classes="weave", max_images=6, model="zsad-tiny-vit", n_boot=0, progress=False, cache=False)
+    plain = predict("winclip", "synthetic", synth_root, out=tmp_path / "f32", **args)
+    small = predict("winclip", "synthetic", synth_root, out=tmp_path / "f16", map_storage="float16", **args)
+    assert "map_storage" not in plain["provenance"]["parameters"]  # the default leaves run folders as they were
+    assert small["provenance"]["parameters"]["map_storage"] == "float16"
+    # the metrics are those of the maps as stored: zsad eval on the folder gives the same table
+    again = evaluate_predictions(small["path"] / "predictions.npz", n_boot=0)
+    assert metrics_csv_bytes(again) == (small["path"] / "metrics.csv").read_bytes()
+    f16 = small["predictions"]["maps"]
+    assert np.array_equal(f16, plain["predictions"]["maps"].astype(np.float16).astype(np.float32))
+    with pytest.raises(ValueError, match="map_storage"):
+        predict("winclip", "synthetic", synth_root, map_storage="jpeg", **args)
+
+
+def test_gpu_fraction_needs_the_ray_executor():
+    from zsad.grids import run_settings
+
+    with pytest.raises(ValueError, match="gpu_fraction .* use executor='ray'"):
+        run_settings("t", [{"method": "fade", "shots": 0}], gpu_fraction=0.5)
+
+
+def _count(calls, tokens, args, kwargs):
+    from zsad.methods.fade import fade
+
+    calls.append(len(tokens.relpaths))
+    return fade(tokens, *args, **kwargs)
+
+
 def test_patchcore_reads_its_checkpoint_from_the_environment(synth_root, tmp_path, monkeypatch):
     # $ZSAD_CNN_CHECKPOINT is the default of predict (and so of every notebook), as $ZSAD_CHECKPOINT is for CLIP
     monkeypatch.setenv("ZSAD_CNN_CHECKPOINT", str(tmp_path / "wrn50_missing.pth"))

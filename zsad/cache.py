@@ -762,7 +762,9 @@ def encode_prompts_cached(model, prompts: Sequence[str], *, cache: FeatureCache 
     normalise : bool, default True
         ``encode_prompts``' L2 normalisation; part of the key.
     **kwargs
-        Further arguments of ``encode_prompts`` (``batch_size``, ``context``); not part of the key.
+        Further arguments of ``encode_prompts``: ``context`` ("full" or "trim") is part of the key;
+        ``batch_size`` is not (the study never changes it). With ``context="trim"`` an embedding
+        depends, in its last bits, on which prompts share its batch, hence on which were missing from the cache.
 
     Returns
     -------
@@ -791,7 +793,8 @@ def encode_prompts_cached(model, prompts: Sequence[str], *, cache: FeatureCache 
         raise ValueError("no prompts to encode")
     # one entry per prompt: ensembles that share prompts (WinCLIP's, an LLM file alone and in a union, ...)
     # encode each prompt once
-    params = {"wrapper": wrapper, "normalise": bool(normalise)}
+    # trimmed and full-context embeddings differ in the last bits (zsad.text): never serve one for the other
+    params = {"wrapper": wrapper, "normalise": bool(normalise), "context": kwargs.get("context", "full")}
     digests = ["prompt:" + hashlib.sha256(p.encode()).hexdigest() for p in prompts]
 
     def compute(missing):

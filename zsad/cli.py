@@ -11,6 +11,16 @@ from pathlib import Path
 GRID_TABLES = ["main", "gem-vs-clip", "prompts", "scales", "cheung", "tamura", "guidance", "musc"]
 
 
+def _gpu_fraction(text: str):
+    """``--gpu-fraction``: "auto" or a number (checked by zsad.distributed.gpu_request)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'auto', got {text!r}") from None
+
+
 def _human(n: int) -> str:
     """A byte count in B / KiB / MiB / GiB."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -107,7 +117,7 @@ def _cmd_predict(args) -> int:
                   cnn_checkpoint=args.cnn_checkpoint, shots=args.shots, seed=args.seed, mode=args.mode,
                   sizes=args.sizes, prompts=args.prompts, class_prompts=args.class_prompts, detector=args.detector,
                   max_images=args.max_images, n_boot=args.n_boot, cache=not args.no_cache, autocast=args.autocast,
-                  device=args.device, out=args.out, overwrite=args.overwrite)
+                  map_storage=args.map_storage, device=args.device, out=args.out, overwrite=args.overwrite)
     wide = res["metrics"].pivot_table(index="class", columns="metric", values="value", sort=False)
     print(wide.to_string(float_format=lambda v: f"{v:.4f}"))
     print(weights_text({"run": res["provenance"]}))
@@ -136,6 +146,7 @@ def _cmd_grid(args) -> int:
         args.class_prompts = PAPER_CLASS_PROMPTS
     run_kwargs = dict(roots=args.roots, results_dir=args.results_dir, executor=args.executor,
                       checkpoint=args.checkpoint, autocast=args.autocast, device=args.device,
+                      map_storage=args.map_storage, gpu_fraction=args.gpu_fraction,
                       progress=not args.no_progress, **{**chosen, "max_images": chosen["max_images"] or None})
     for key in ("sizes", "class_prompts", "detector", "cnn_checkpoint"):  # else predict's defaults ($ZSAD_* variables)
         if getattr(args, key):
@@ -214,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     p.add_argument("--autocast", choices=["bf16", "fp16"],
                    help="run the image towers under torch.autocast (fp16: CUDA only; default float32)")
+    p.add_argument("--map-storage", choices=["float32", "float16", "uint8"], default="float32",
+                   help="how float anomaly maps are stored in predictions.npz (FADE's are uint8 already); the "
+                        "metrics are those of the maps as stored [float32]")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when torch sees a GPU, else cpu)")
     p.set_defaults(func=_cmd_predict)
 
@@ -235,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="test images per class (evenly spaced subset)")
     p.add_argument("--n-boot", type=int, help="bootstrap resamples for intervals [200] (0: none)")
     p.add_argument("--autocast", choices=["bf16", "fp16"], help="image towers under torch.autocast")
+    p.add_argument("--map-storage", choices=["float32", "float16", "uint8"], default="float32",
+                   help="how float anomaly maps are stored in predictions.npz (FADE's are uint8 already); the "
+                        "metrics are those of the maps as stored [float32]")
+    p.add_argument("--gpu-fraction", type=_gpu_fraction,
+                   help="ray: the share of a GPU each task asks for (a number in (0, 1] or 'auto'; default a whole "
+                        "GPU); worker logs go to <results>/<table>/ray_workers.jsonl")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when torch sees a GPU, else cpu)")
     p.add_argument("--sizes", help="FADE's segmentation scales (main, gem-vs-clip, prompts)")
     p.add_argument("--class-prompts", help="LLM class-prompt files, comma-separated (cheung; the file holding a "
@@ -280,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``zsad`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0, or 2 for an error of ours (printed as one line, without a traceback).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     try:

@@ -22,8 +22,19 @@ PROJECT_ROOT = PACKAGE_DIR.parent
 
 
 def is_clone(root=PROJECT_ROOT) -> bool:
-    """True when ``root`` is a zsad source tree: its pyproject.toml names the project zsad and it has ``.git`` or
-    the ``tests`` folder (an unpacked sdist or a copy of the checkout counts; site-packages does not)."""
+    """Whether ``root`` is a zsad source tree.
+
+    Parameters
+    ----------
+    root : path, default PROJECT_ROOT
+        The folder to test.
+
+    Returns
+    -------
+    bool
+        True when its pyproject.toml names the project zsad and it has ``.git`` or the ``tests`` folder (an
+        unpacked sdist or a copy of the checkout counts; site-packages does not).
+    """
     root = Path(root)
     try:
         text = (root / "pyproject.toml").read_text(encoding="utf-8")
@@ -39,14 +50,36 @@ IN_CLONE = is_clone(PROJECT_ROOT)
 
 
 def default_cache_dir(in_clone: bool = IN_CLONE) -> Path:
-    """The feature cache without ``$ZSAD_CACHE``: ``<root>/cache`` in a clone, else ``$XDG_CACHE_HOME/zsad``."""
+    """The feature cache's folder when ``$ZSAD_CACHE`` is not set.
+
+    Parameters
+    ----------
+    in_clone : bool, default IN_CLONE
+        Whether zsad runs from a source tree.
+
+    Returns
+    -------
+    pathlib.Path
+        ``<root>/cache`` in a clone, else ``$XDG_CACHE_HOME/zsad`` (``~/.cache/zsad``).
+    """
     if in_clone:
         return PROJECT_ROOT / "cache"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "zsad"
 
 
 def default_results_dir(in_clone: bool = IN_CLONE) -> Path:
-    """Run folders without ``$ZSAD_RESULTS``: ``<root>/results`` in a clone, else ``./results``."""
+    """Where run folders go when ``$ZSAD_RESULTS`` is not set.
+
+    Parameters
+    ----------
+    in_clone : bool, default IN_CLONE
+        Whether zsad runs from a source tree.
+
+    Returns
+    -------
+    pathlib.Path
+        ``<root>/results`` in a clone, else ``results/`` in the current directory.
+    """
     return PROJECT_ROOT / "results" if in_clone else Path.cwd() / "results"
 
 
@@ -64,7 +97,19 @@ DATASET_ENV = {"mvtec": "ZSAD_MVTEC_ROOT", "visa": "ZSAD_VISA_ROOT", "magnetic_t
 
 
 def dataset_root(kind: str) -> Path | None:
-    """The root a user configured for a dataset kind, or the embedded copy where there is one."""
+    """The root a user configured for a dataset, or the embedded copy where there is one.
+
+    Parameters
+    ----------
+    kind : str
+        A dataset name (:data:`DATASETS`).
+
+    Returns
+    -------
+    pathlib.Path or None
+        ``$ZSAD_MVTEC_ROOT`` / ``$ZSAD_VISA_ROOT`` / ``$ZSAD_MAGNETIC_TILE_ROOT`` when set, the embedded
+        magnetic-tile subset or synthetic tree, else None.
+    """
     env = DATASET_ENV.get(kind)
     if env and os.environ.get(env):
         return Path(os.environ[env]).expanduser()
@@ -80,7 +125,25 @@ DATASETS = ("synthetic", "magnetic_tile", "mvtec", "visa", "folder")
 
 
 def resolve_dataset(name: str, root=None) -> tuple[str, Path]:
-    """Return ``(loader kind, root)`` for a study dataset name; ``root`` overrides the configured default."""
+    """The loader kind and root of a study dataset.
+
+    Parameters
+    ----------
+    name : str
+        A dataset name (:data:`DATASETS`).
+    root : path, optional
+        Overrides the configured default (:func:`dataset_root`).
+
+    Returns
+    -------
+    tuple of (str, pathlib.Path)
+        ``(loader kind, root)``; ``synthetic`` is read as an MVTec-layout tree.
+
+    Raises
+    ------
+    ValueError
+        An unknown name, or a dataset with no root given or configured (naming its environment variable).
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     kind = "mvtec" if name == "synthetic" else name
@@ -93,7 +156,18 @@ def resolve_dataset(name: str, root=None) -> tuple[str, Path]:
 
 
 def display_path(path) -> str:
-    """A path relative to the project root when it lies inside it (stable across clones), else absolute."""
+    """A path as provenance and messages print it.
+
+    Parameters
+    ----------
+    path : path
+        Any path.
+
+    Returns
+    -------
+    str
+        Relative to the project root when it lies inside it (stable across clones), else absolute.
+    """
     path = Path(path).resolve()
     try:
         return path.relative_to(PROJECT_ROOT).as_posix()
@@ -102,7 +176,24 @@ def display_path(path) -> str:
 
 
 def prompt_path(name) -> Path:
-    """A prompt file given as a path, or by its name in ``prompts/`` (with or without ``.json``)."""
+    """Find a prompt file.
+
+    Parameters
+    ----------
+    name : str or path
+        A path, or a file's name in the prompt folder (``prompts/`` in a clone, the package data when installed),
+        with or without ``.json``.
+
+    Returns
+    -------
+    pathlib.Path
+        The file.
+
+    Raises
+    ------
+    ValueError
+        When neither the path nor the name exists.
+    """
     path = Path(name).expanduser()
     if path.is_file():
         return path

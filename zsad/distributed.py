@@ -33,15 +33,33 @@ caches, synthetic and magnetic tile sets, tiny ViT and ViT-B-16-plus-240):
   embeddings of a batch alone (``cls @ proj``, one row per image) and Tamura's FFN ran on a class's few image
   embeddings with the caller's thread count; the CLS is now projected together with every token of the batch
   (:func:`zsad.windows.encode_all`) and the FFN scores with one thread (:func:`zsad.methods.tamura.ffn_probability`);
+- MuSc: identical (1, 2 and 3 threads, synthetic and magnetic tile, tiny ViT; its distances are GEMMs over every
+  patch of a class, never a few rows);
 - Cheung et al.'s three rows: identical on the test sets, but exposed: a last batch of 5-11 object crops or a class
   with 5-11 LLM prompts (MVTec's cable, pill, toothbrush, ...) differs by up to 4e-9 in the score.
+
+GPUs and worker logs
+--------------------
+With a GPU every task used to ask for a whole one (``num_gpus=1``), so a one-GPU node ran the runs one at a time
+while the GPU sat idle during each run's CPU work (decoding images, metrics, writing). ``gpu_fraction`` asks for a
+share instead: a number in (0, 1], or ``"auto"``, as many tasks per GPU as fit in its memory at
+:data:`TASK_GPU_BYTES` each and as the node's CPUs allow (:func:`gpu_request`). Tasks that share a GPU compute the
+same values as alone (each is its own process with its own CUDA context); only their wall time changes.
+``worker_log`` writes one JSON line per task: the worker's host, pid, the GPUs Ray gave it, its CPU and GPU request,
+its thread count and its start, end and wall seconds, so that the concurrency can be seen; ``log_to_driver=True``
+also forwards the workers' own output to the driver.
 
 Pin the driver's thread count (``torch.set_num_threads``, ``OMP_NUM_THREADS``) to reproduce those bit for bit. The
 run's provenance records the thread count and the CPU's vector ISA.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
+import socket
+import time
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -64,14 +82,66 @@ THREAD_TOLERANCE = {
     "cheung": 1e-6,
     "cheung_no_prompt_generation": 1e-6,
     "cheung_no_object_detection": 1e-6,
+    "musc": 0.0,
 }
 
 
-def _predict_job(job: dict, threads: int | None = None) -> dict:
+#: GPU memory one study run is planned with by ``gpu_fraction="auto"``: ViT-B-16-plus-240 (0.8 GB of weights),
+#: batch 8 at 896 px with the flash-attention kernels (about 2 GB of activations on the CPU, where the pass peaks at
+#: 1.65 GB above the loaded model; benchmarks/README.md), CUDA context and allocator slack. An estimate from the CPU
+#: measurements, not a GPU measurement: none was lent to this study's sessions.
+TASK_GPU_BYTES = 6 * 2**30
+
+
+def gpu_request(gpu_fraction=None, *, cuda: bool, node_cpus: int = 0, cpus_per_task: int = 1,
+                gpu_bytes: int | None = None, task_bytes: int = TASK_GPU_BYTES) -> float:
+    """The ``num_gpus`` one Ray task asks for.
+
+    Parameters
+    ----------
+    gpu_fraction : None, float or "auto"
+        None: a whole GPU per task when there is one (1.0), else 0. A number in (0, 1]: that share of a GPU.
+        ``"auto"``: ``1 / n`` with ``n`` the tasks that fit on one GPU, by memory (``gpu_bytes // task_bytes``) and by
+        the node's CPUs (``node_cpus // cpus_per_task``), at least 1.
+    cuda : bool
+        Whether the driver sees a GPU; without one every request is 0.
+    node_cpus, cpus_per_task : int
+        CPUs of the largest node and of one task (0 node CPUs: not limited by them).
+    gpu_bytes : int, optional
+        Memory of one GPU (``"auto"`` needs it).
+    task_bytes : int
+        GPU memory planned per task (:data:`TASK_GPU_BYTES`).
+
+    Returns
+    -------
+    float
+        The ``num_gpus`` of every task.
+    """
+    if gpu_fraction is not None and gpu_fraction != "auto":
+        if isinstance(gpu_fraction, bool) or not isinstance(gpu_fraction, (int, float)) \
+                or not 0 < gpu_fraction <= 1:
+            raise ValueError(f"gpu_fraction (--gpu-fraction) must be a number in (0, 1] or 'auto', "
+                             f"got {gpu_fraction!r}")
+    if not cuda:
+        return 0.0
+    if gpu_fraction is None:
+        return 1.0
+    if gpu_fraction != "auto":
+        return float(gpu_fraction)
+    if not gpu_bytes or gpu_bytes <= 0:
+        raise ValueError("gpu_fraction='auto' needs the GPU's memory (gpu_bytes)")
+    by_memory = max(1, int(gpu_bytes // task_bytes))
+    by_cpus = max(1, node_cpus // max(1, cpus_per_task)) if node_cpus else by_memory
+    n = min(by_memory, by_cpus)
+    return math.floor(1e4 / n) / 1e4  # Ray keeps 4 decimals of a fractional GPU; round down so n tasks fit
+
+
+def _predict_job(job: dict, threads: int | None = None, request: dict | None = None) -> dict:
     import torch
 
     from zsad.study import predict
 
+    start = time.time()
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)  # the driver's: some float32 kernels round differently with the count
@@ -80,6 +150,17 @@ def _predict_job(job: dict, threads: int | None = None) -> dict:
     finally:
         torch.set_num_threads(before)
     res.pop("predictions")  # the run folder holds them; no need to ship maps back to the driver
+    try:
+        import ray
+
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
+    except ImportError:
+        gpu_ids = []
+    end = time.time()
+    res["worker"] = {"host": socket.gethostname(), "pid": os.getpid(), "gpu_ids": gpu_ids,
+                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": threads or before,
+                     **(request or {}), "out": str(job.get("out")), "start_unix": round(start, 3),
+                     "end_unix": round(end, 3), "wall_seconds": round(end - start, 3)}
     return res
 
 
@@ -88,11 +169,30 @@ def _largest_node_cpus(ray) -> int:
     return max(cpus, default=0)
 
 
-def run_on_ray(jobs: list[dict], *, progress: bool = True, threads: int | None = None) -> list[dict]:
+def run_on_ray(jobs: list[dict], *, progress: bool = True, threads: int | None = None, gpu_fraction=None,
+               worker_log: str | os.PathLike | None = None, log_to_driver: bool = False) -> list[dict]:
     """Results of ``predict(**job)`` for every job, in job order, computed as Ray tasks.
 
-    ``threads``: torch intra-op threads of every task (default: the caller's ``torch.get_num_threads()``, so a task
-    computes what the in-process executor computes); each task reserves that many CPUs, at most a node's.
+    Parameters
+    ----------
+    jobs : list of dict
+        :func:`zsad.study.predict` arguments, one dict per run.
+    progress : bool
+        A progress bar over finished tasks.
+    threads : int, optional
+        torch intra-op threads of every task (default: the caller's ``torch.get_num_threads()``, so a task computes
+        what the in-process executor computes); each task reserves that many CPUs, at most a node's.
+    gpu_fraction : None, float or "auto"
+        Share of a GPU each task asks for when the driver sees one (:func:`gpu_request`; None: a whole GPU).
+    worker_log : path, optional
+        Write one JSON line per task (host, pid, GPUs, request, threads, times) here, in job order.
+    log_to_driver : bool
+        Forward the workers' stdout and stderr to the driver (when this call starts Ray).
+
+    Returns
+    -------
+    list of dict
+        ``predict``'s results without the predictions (the run folders hold them), each with a ``worker`` record.
     """
     try:
         import ray
@@ -103,16 +203,28 @@ def run_on_ray(jobs: list[dict], *, progress: bool = True, threads: int | None =
     threads = int(threads or torch.get_num_threads())
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    cuda = torch.cuda.is_available()
+    gpu_request(gpu_fraction, cuda=False)  # a bad value is refused before Ray starts
+    if worker_log is not None and not Path(worker_log).expanduser().parent.is_dir():
+        raise ValueError(f"worker_log {worker_log}: its folder does not exist")
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in _FORWARDED_ENV + NUMERICS_ENV if k in os.environ}
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env}, ignore_reinit_error=True)
-    cpus = max(1, min(threads, _largest_node_cpus(ray) or threads))
-    task = ray.remote(num_cpus=cpus, num_gpus=1 if torch.cuda.is_available() else 0)(_predict_job)
-    refs = [task.remote(job, threads) for job in jobs]
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+                 log_to_driver=bool(log_to_driver), runtime_env={"env_vars": env}, ignore_reinit_error=True)
+    node_cpus = _largest_node_cpus(ray)
+    cpus = max(1, min(threads, node_cpus or threads))
+    gpus = gpu_request(gpu_fraction, cuda=cuda, node_cpus=node_cpus, cpus_per_task=cpus,
+                       gpu_bytes=torch.cuda.get_device_properties(0).total_memory if cuda else None)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_predict_job)
+    request = {"num_cpus": cpus, "num_gpus": gpus}
+    refs = [task.remote(job, threads, request) for job in jobs]
     pending = list(refs)
     with tqdm(total=len(refs), desc="ray runs", disable=not progress) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             bar.update(len(done))
-    return ray.get(refs)
+    results = ray.get(refs)
+    if worker_log is not None:
+        lines = "".join(json.dumps(r["worker"], sort_keys=True) + "\n" for r in results)
+        Path(worker_log).expanduser().write_text(lines)
+    return results

@@ -55,7 +55,7 @@ def _job_kwargs(setting: dict, predict_kwargs: dict) -> dict:
 
 def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", roots="", seeds="0,1",
                  results_dir=None, executor: str = "local", progress: bool = True, resume: bool = True,
-                 **predict_kwargs) -> dict:
+                 gpu_fraction=None, **predict_kwargs) -> dict:
     """Run every (dataset, setting, seed) of a table and write one run folder each.
 
     ``settings`` is a list of dicts with ``method`` and ``shots`` and optionally any other :func:`zsad.study.predict`
@@ -87,6 +87,9 @@ def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", ro
     executor : ``"local"`` or ``"ray"``.
     progress : tqdm bars per feature pass.
     resume : read finished run folders of the same plan back instead of recomputing them.
+    gpu_fraction : None, float or "auto"
+        Ray only: the share of a GPU each task asks for (:func:`zsad.distributed.gpu_request`; None: a whole
+        GPU). The workers' host, pid, GPU request and times go to ``<results_dir>/<study>/ray_workers.jsonl``.
     **predict_kwargs
         Table-wide :func:`zsad.study.predict` arguments (method-specific ones reach the methods that use them).
     """
@@ -123,13 +126,18 @@ def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", ro
                                  overwrite=True, **_job_kwargs({**setting, "shots": k}, predict_kwargs))
     if executor not in ("local", "ray"):
         raise ValueError(f"unknown executor {executor!r}; choose 'local' or 'ray'")
+    if gpu_fraction is not None and executor != "ray":
+        raise ValueError(f"gpu_fraction (--gpu-fraction) is a request of Ray tasks: use executor='ray', "
+                         f"not {executor!r}")
     plans = {rid: plan_run(**job) for rid, job in jobs.items()}  # every run checked before any computes
     done = {rid: run for rid, plan in plans.items() if resume and (run := reusable(plan)) is not None}
     todo = [rid for rid in jobs if rid not in done]
     if executor == "ray" and todo:
         from zsad.distributed import run_on_ray
 
-        computed = dict(zip(todo, run_on_ray([jobs[rid] for rid in todo], progress=progress)))
+        out_root.mkdir(parents=True, exist_ok=True)
+        computed = dict(zip(todo, run_on_ray([jobs[rid] for rid in todo], progress=progress,
+                                             gpu_fraction=gpu_fraction, worker_log=out_root / "ray_workers.jsonl")))
     else:
         computed = {rid: execute(plans[rid], progress) for rid in todo}
     results = [done.get(rid) or computed[rid] for rid in jobs]

@@ -5,9 +5,26 @@ A run folder ``results/<study>/<run-id>/`` holds
 - ``metrics.csv``: tidy rows ``dataset, class, method, setting, shots, seed, metric, value, ci_low, ci_high``,
   sorted and formatted deterministically, so the same inputs and seed give a byte-identical file;
 - ``predictions.npz``: per-image ``paths`` (relative to the dataset root), ``classes``, ``labels``, ``scores``,
-  ``masks`` and ``maps`` at the evaluation size, enough for ``zsad eval`` to recompute every metric;
+  ``masks`` and ``maps`` at the evaluation size, enough for ``zsad eval`` to recompute every metric; maps are stored
+  as computed (``map_storage="float32"``, the default) or compactly (:data:`MAP_STORAGES`, see below);
 - ``provenance.json``: git commit, package versions, weights (checkpoint sha256 or "random"), seed, parameters,
   few-shot reference files.
+
+Map storage
+-----------
+A 448 x 448 float32 map is 0.8 MB; the main table at MVTec AD + VisA size holds about 180,000 of them. ``map_storage``
+chooses how float maps are written (uint8 maps, FADE's, are always stored as they are):
+
+- ``"float32"``: as computed (byte-identical to what earlier versions wrote);
+- ``"float16"``: rounded to half precision (relative error <= 2**-11; values beyond +-65504 are refused);
+- ``"uint8"``: 256 levels per class, ``code = round((value - lo) / (hi - lo) * 255)`` with the class's smallest and
+  largest value; ``maps_offset`` and ``maps_scale`` (per image, equal within a class) are stored beside the codes.
+  Every metric is computed per class and depends only on the order of a class's pixel values, which the affine
+  decoding preserves: the metrics of the decoded maps are those of the codes.
+
+:func:`read_predictions` decodes to float32 whatever was stored. The metrics of a run folder must be computed on
+the maps as stored (:func:`apply_map_storage`), so that ``zsad eval`` on it gives them back exactly; the deviation
+from float32 storage is measured in ``benchmarks/bench_storage.py``.
 
 The folder is first written as a hidden sibling and renamed into place, so a crash never leaves a folder that
 looks complete; ``provenance.json`` is written last and is the marker of a finished run.
@@ -33,6 +50,9 @@ from zsad import atomic
 METRIC_COLUMNS = ["dataset", "class", "method", "setting", "shots", "seed", "metric", "value", "ci_low", "ci_high"]
 PREDICTION_KEYS = ("paths", "classes", "labels", "scores", "masks", "maps")
 RUN_FILES = ("metrics.csv", "predictions.npz", "provenance.json")
+#: ``map_storage`` values: how float anomaly maps are written to ``predictions.npz`` (module docstring).
+MAP_STORAGES = ("float32", "float16", "uint8")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 _KEY_COLUMNS = METRIC_COLUMNS[:7]
 _TRACKED_PACKAGES = ("zsad", "torch", "torchvision", "open-clip-torch", "numpy", "scipy", "scikit-learn", "pandas",
                      "pillow", "opencv-python-headless", "transformers", "llama-cpp-python")
@@ -143,6 +163,144 @@ def _check_predictions(pred: dict) -> dict:
     }
 
 
+def check_map_storage(storage: str) -> str:
+    """``storage`` when it is one of :data:`MAP_STORAGES`, else a ``ValueError`` naming the option.
+
+    Parameters
+    ----------
+    storage : str
+        The requested map storage.
+
+    Returns
+    -------
+    str
+        ``storage``, unchanged.
+    """
+    if storage not in MAP_STORAGES:
+        raise ValueError(f"map_storage (--map-storage) must be one of {MAP_STORAGES}, got {storage!r}")
+    return storage
+
+
+def encode_maps(maps: np.ndarray, classes, storage: str = "float32") -> dict[str, np.ndarray]:
+    """The ``predictions.npz`` members that store ``maps`` as ``storage``.
+
+    Parameters
+    ----------
+    maps : np.ndarray
+        (N, H, W) anomaly maps, float or uint8 (uint8 maps are stored unchanged whatever ``storage`` says).
+    classes : sequence of str
+        (N,) class of every map: ``"uint8"`` quantises each class on its own value range.
+    storage : {"float32", "float16", "uint8"}
+        How float maps are written.
+
+    Returns
+    -------
+    dict
+        ``{"maps": array}``, plus ``maps_offset`` and ``maps_scale`` ((N,) float64) for quantised maps.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``storage``, non-finite map values, or float16 storage of values beyond its range.
+    """
+    check_map_storage(storage)
+    maps = np.asarray(maps)
+    if maps.dtype == np.uint8 or storage == "float32":
+        return {"maps": maps}
+    maps = maps.astype(np.float32, copy=False)
+    if not np.isfinite(maps).all():
+        raise ValueError(f"map_storage={storage!r}: the maps hold non-finite values; store them as float32")
+    if storage == "float16":
+        peak = float(np.abs(maps).max()) if maps.size else 0.0
+        if peak > _FLOAT16_MAX:
+            raise ValueError(f"map_storage='float16': a map value {peak:.4g} exceeds float16's range "
+                             f"({_FLOAT16_MAX:.0f}); use 'uint8' or 'float32'")
+        return {"maps": maps.astype(np.float16)}
+    classes = np.asarray(classes, dtype=str)
+    codes = np.empty(maps.shape, np.uint8)
+    offset, scale = np.zeros(len(maps), np.float64), np.ones(len(maps), np.float64)
+    for cls in np.unique(classes):
+        idx = np.flatnonzero(classes == cls)
+        part = maps[idx].astype(np.float64)
+        lo, hi = float(part.min()), float(part.max())
+        step = (hi - lo) / 255.0 if hi > lo else 1.0  # a constant class: every code 0, decoded to lo exactly
+        codes[idx] = np.clip(np.rint((part - lo) / step), 0, 255).astype(np.uint8)
+        offset[idx], scale[idx] = lo, step
+    return {"maps": codes, "maps_offset": offset, "maps_scale": scale}
+
+
+def decode_maps(arrays: dict, *, dequantise: bool = True) -> np.ndarray:
+    """The maps of ``predictions.npz`` members as :func:`encode_maps` wrote them.
+
+    Parameters
+    ----------
+    arrays : dict
+        At least ``maps``; ``maps_offset`` and ``maps_scale`` for quantised maps.
+    dequantise : bool
+        Decode quantised maps to float32 (``offset + code * scale``). False returns the uint8 codes: the same metrics
+        per class (the decoding is increasing within a class), through the metrics' fast uint8 path; codes of
+        different classes are not comparable.
+
+    Returns
+    -------
+    np.ndarray
+        float32 maps for float16 or quantised storage (codes when ``dequantise=False``), else the stored array.
+    """
+    maps = np.asarray(arrays["maps"])
+    if "maps_scale" in arrays:
+        if not dequantise:
+            return maps
+        offset = np.asarray(arrays["maps_offset"], np.float64).reshape(-1, *([1] * (maps.ndim - 1)))
+        scale = np.asarray(arrays["maps_scale"], np.float64).reshape(offset.shape)
+        return (offset + maps * scale).astype(np.float32)
+    if maps.dtype == np.float16:
+        return maps.astype(np.float32)
+    return maps
+
+
+def apply_map_storage(predictions: dict, storage: str = "float32") -> dict:
+    """``predictions`` with the maps replaced by what reading them back after storage as ``storage`` gives.
+
+    Compute a run's metrics on this, so that they equal ``zsad eval`` on its run folder.
+
+    Parameters
+    ----------
+    predictions : dict
+        At least ``classes`` and ``maps``.
+    storage : {"float32", "float16", "uint8"}
+        The map storage the run folder will be written with.
+
+    Returns
+    -------
+    dict
+        A shallow copy of ``predictions`` with decoded ``maps`` (the same object for float32 or uint8 maps).
+    """
+    if check_map_storage(storage) == "float32" or np.asarray(predictions["maps"]).dtype == np.uint8:
+        return predictions
+    return {**predictions, "maps": decode_maps(encode_maps(predictions["maps"], predictions["classes"], storage))}
+
+
+def map_storage_record(maps: np.ndarray, storage: str) -> dict:
+    """What the provenance says about the maps' storage: the option and what was applied.
+
+    Parameters
+    ----------
+    maps : np.ndarray
+        The maps as computed.
+    storage : str
+        The ``map_storage`` option.
+
+    Returns
+    -------
+    dict
+        ``{"requested": storage, "stored_dtype": ..., "quantised_per_class": bool}``.
+    """
+    dtype = np.asarray(maps).dtype
+    stored = "uint8" if dtype == np.uint8 or storage == "uint8" else (storage if storage == "float16" else str(dtype))
+    return {"requested": storage, "stored_dtype": stored,
+            "quantised_per_class": bool(storage == "uint8" and dtype != np.uint8)}
+
+
 def _write_npz(path: Path, arrays: dict) -> None:
     """An .npz that ``np.load`` reads, deflated at level 1 (float maps barely compress further at higher levels,
     which cost several times the time), with fixed member timestamps so that equal arrays give equal bytes."""
@@ -195,21 +353,60 @@ def check_run_target(run_dir: str | os.PathLike, *, overwrite: bool = False, pro
 
 
 def write_run(run_dir: str | os.PathLike, metrics: pd.DataFrame, predictions: dict, prov: dict,
-              *, overwrite: bool = False) -> Path:
-    """Write a complete run folder atomically and return its path (rules of :func:`check_run_target`)."""
+              *, overwrite: bool = False, map_storage: str = "float32") -> Path:
+    """Write a complete run folder atomically and return its path (rules of :func:`check_run_target`).
+
+    Parameters
+    ----------
+    run_dir : path
+        The run folder to write.
+    metrics : pandas.DataFrame
+        Tidy metrics (:data:`METRIC_COLUMNS`), computed on :func:`apply_map_storage` of the predictions.
+    predictions : dict
+        :data:`PREDICTION_KEYS` arrays.
+    prov : dict
+        :func:`provenance`; with compact storage a ``map_storage`` record (:func:`map_storage_record`) is added.
+    overwrite : bool
+        Replace an existing run folder of zsad's.
+    map_storage : {"float32", "float16", "uint8"}
+        How float maps are stored (module docstring).
+
+    Returns
+    -------
+    pathlib.Path
+        ``run_dir``.
+    """
+    check_map_storage(map_storage)
     run_dir = check_run_target(run_dir, overwrite=overwrite)
     csv = metrics_csv_bytes(metrics)
     pred = _check_predictions(predictions)
+    stored = encode_maps(pred["maps"], pred["classes"], map_storage)
+    if map_storage != "float32":  # float32 run folders stay byte-identical to what earlier versions wrote
+        prov = {**prov, "map_storage": map_storage_record(pred["maps"], map_storage)}
     with atomic.atomic_folder(run_dir, replace=True) as tmp:
         (tmp / "metrics.csv").write_bytes(csv)
-        _write_npz(tmp / "predictions.npz", pred)
+        _write_npz(tmp / "predictions.npz", {**pred, **stored})
         (tmp / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True, default=str) + "\n")
         for name in RUN_FILES:
             os.chmod(tmp / name, atomic.file_mode())
     return run_dir
 
 
-def read_predictions(path: str | os.PathLike) -> dict:
+def read_predictions(path: str | os.PathLike, *, dequantise: bool = True) -> dict:
+    """The predictions of a run folder (or of a ``predictions.npz``), maps decoded as :func:`decode_maps` does.
+
+    Parameters
+    ----------
+    path : path
+        A run folder or its ``predictions.npz``.
+    dequantise : bool
+        False: quantised maps come back as their per-class uint8 codes (same per-class metrics, faster).
+
+    Returns
+    -------
+    dict
+        :data:`PREDICTION_KEYS` arrays.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "predictions.npz"
@@ -218,6 +415,8 @@ def read_predictions(path: str | os.PathLike) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
             pred = {k: data[k] for k in data.files}
+        if "maps" in pred:
+            pred["maps"] = decode_maps(pred, dequantise=dequantise)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
         raise RunFolderError(f"{path}: not a readable predictions .npz, truncated or corrupted "
                              f"({type(exc).__name__}: {exc}); re-run the prediction that wrote it") from None

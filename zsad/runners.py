@@ -82,6 +82,7 @@ from dataclasses import asdict, fields, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm  # not tqdm.auto: it warns on stderr in kernels without ipywidgets
@@ -130,6 +131,11 @@ def _prompt_sets(cls: str, prompt_files, winclip_in_segmentation: bool = True) -
     return ac, seg
 
 
+#: Test images FADE scores at once (:func:`fade_class`): a multiple of extract_tokens' batch (8), so a cold cache
+#: computes the same batches as one pass over the class; classes up to this size are scored in one call.
+FADE_CHUNK = 64
+
+
 def fade_class(loaded, cls, test, refs, params, progress):
     """FADE on one class: tokens at every scale (and 240 px for classification), the two prompt
     ensembles' prototypes, the cached patch distances, then :func:`zsad.methods.fade.fade`.
@@ -149,16 +155,26 @@ def fade_class(loaded, cls, test, refs, params, progress):
     """
     cache, autocast, cfg = params.get("cache"), params.get("autocast"), params["config"]
     sizes = tuple(sorted(set(cfg.sizes) | {240}))
-    tokens = extract_tokens(loaded, test, sizes, progress=progress, desc=f"{cls} test", cache=cache,
-                            autocast=autocast)
     ref_tokens = extract_tokens(loaded, refs, cfg.sizes, progress=progress, desc=f"{cls} refs",
                                 cache=cache, autocast=autocast) if refs else None
     ac, seg = _prompt_sets(cls, params["prompts"], params["winclip_in_segmentation"])
     enc = {name: prototypes(encode_prompts_cached(loaded, p["normal"], cache=cache),
                             encode_prompts_cached(loaded, p["abnormal"], cache=cache))
            for name, p in (("ac", ac), ("as", seg))}
-    vision = _cached_vision_distances(loaded, test, refs, tokens, ref_tokens, cfg, cache, autocast)
-    return fade(tokens, cfg, ac_prototypes=enc["ac"], as_prototypes=enc["as"], refs=ref_tokens, vision=vision)
+    outs = []
+    # Every FADE score and map depends on its own image (and the references) only, so a large class is scored
+    # FADE_CHUNK images at a time: its tokens in memory stay bounded (ViT-B, 240/448/896 px: about 21 MB per image).
+    for start in range(0, len(test), FADE_CHUNK):
+        part = test[start:start + FADE_CHUNK]
+        tokens = extract_tokens(loaded, part, sizes, progress=progress, desc=f"{cls} test", cache=cache,
+                                autocast=autocast)
+        vision = _cached_vision_distances(loaded, part, refs, tokens, ref_tokens, cfg, cache, autocast)
+        outs.append(fade(tokens, cfg, ac_prototypes=enc["ac"], as_prototypes=enc["as"], refs=ref_tokens,
+                         vision=vision))
+    if len(outs) == 1:
+        return outs[0]
+    return MethodOutput(np.concatenate([o.scores for o in outs]), np.concatenate([o.maps for o in outs]),
+                        outs[0].info)
 
 
 def _cached_vision_distances(loaded, test, refs, tokens, ref_tokens, cfg, cache, autocast):

@@ -27,7 +27,15 @@ from zsad.methods.patchcore import PatchCoreConfig
 from zsad.methods.tamura import TamuraConfig
 from zsad.methods.winclip import WinClipConfig
 from zsad.prompts import read_prompt_file
-from zsad.results import check_run_target, is_run_folder, provenance, read_run, write_run
+from zsad.results import (
+    apply_map_storage,
+    check_map_storage,
+    check_run_target,
+    is_run_folder,
+    provenance,
+    read_run,
+    write_run,
+)
 from zsad.runners import (
     ABLATION_ROWS,
     CHEUNG_METHODS,
@@ -442,7 +450,8 @@ def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classe
              mode: str | None = None, sizes=None, prompts=None, winclip_in_segmentation: bool | None = None,
              options=None, variant: str = "", class_prompts=None, detector=None, max_images: int | None = None,
              eval_size: int = 448, n_boot: int = 200, cache=True, autocast: str | None = None,
-             device: str | None = None, out=None, overwrite: bool = False, progress: bool = True) -> RunPlan:
+             map_storage: str = "float32", device: str | None = None, out=None, overwrite: bool = False,
+             progress: bool = True) -> RunPlan:
     """Check and resolve every argument of :func:`predict` without encoding an image or loading a model.
 
     Parameters and errors as :func:`predict`.
@@ -453,7 +462,7 @@ def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classe
         :func:`predict`.
     winclip_in_segmentation, options, variant, class_prompts, detector, max_images, eval_size, n_boot : as
         :func:`predict`.
-    cache, autocast, device, out, overwrite, progress : as :func:`predict`.
+    cache, autocast, map_storage, device, out, overwrite, progress : as :func:`predict`.
 
     Returns
     -------
@@ -485,6 +494,7 @@ def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classe
         raise ValueError("cheung (the full method) needs class prompts from the LLM: pass class_prompts / "
                          "--class-prompts, e.g. prompts/llm_class_mvtec.json; cheung_no_prompt_generation is "
                          "the row without them")
+    map_storage = check_map_storage(map_storage)
     autocast, device = autocast or None, _default_device(device)
     check_autocast(autocast, torch.device(device))  # before any data or model is loaded; fp16 needs CUDA
     model_name, weights = method_weights(method, model=model, checkpoint=checkpoint, cnn_checkpoint=cnn_checkpoint)
@@ -526,9 +536,12 @@ def plan_run(method: str = "fade", dataset: str = "synthetic", root=None, classe
 
     applied = {**applied_parameters(p, cfg), "root": config.display_path(data_root), "classes": sorted(by_class),
                "max_images": max_images, "n_boot": n_boot,
-               "setting": _setting(shots) + (f" {variant}" if variant else ""), "autocast": autocast, "device": device}
+               "setting": _setting(shots) + (f" {variant}" if variant else ""), "autocast": autocast, "device": device,
+               # recorded only when not the default, so that float32 run folders stay as they were (and reusable)
+               **({"map_storage": map_storage} if map_storage != "float32" else {})}
     feature_cache = FeatureCache() if cache is True else (cache or None)
-    params = {**p, "config": cfg, "autocast": autocast, "cache": feature_cache, "device": device}
+    params = {**p, "config": cfg, "autocast": autocast, "cache": feature_cache, "device": device,
+              "map_storage": map_storage}
     return RunPlan(method, spec, params, applied, tests, references, weights, out, overwrite)
 
 
@@ -631,12 +644,14 @@ def execute(plan: RunPlan, progress: bool = True) -> dict:
         parts.append({"paths": [r.relpath for r in test], "classes": [cls] * len(test),
                       "labels": [r.label for r in test], "scores": out_cls.scores, "masks": masks, "maps": maps})
     predictions = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    predictions = apply_map_storage(predictions, params["map_storage"])  # metrics of the maps as stored
     table = metrics_table(predictions, dataset=params["dataset"], method=plan.method, setting=applied["setting"],
                           shots=params["shots"], seed=params["seed"], n_boot=applied["n_boot"])
     prov = provenance(applied, model=loaded, seed=params["seed"],
                       references={c: [r.relpath for r in refs] for c, refs in plan.references.items() if refs},
                       extra={"fingerprint": fingerprint(plan)})
-    path = write_run(plan.out, table, predictions, prov, overwrite=plan.overwrite) if plan.out else None
+    path = write_run(plan.out, table, predictions, prov, overwrite=plan.overwrite,
+                     map_storage=params["map_storage"]) if plan.out else None
     return {"metrics": table, "predictions": predictions, "provenance": prov, "path": path}
 
 
@@ -645,7 +660,8 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
             mode: str | None = None, sizes=None, prompts=None, winclip_in_segmentation: bool | None = None,
             options=None, variant: str = "", class_prompts=None, detector=None, max_images: int | None = None,
             eval_size: int = 448, n_boot: int = 200, cache=True, autocast: str | None = None,
-            device: str | None = None, out=None, overwrite: bool = False, progress: bool = True) -> dict:
+            map_storage: str = "float32", device: str | None = None, out=None, overwrite: bool = False,
+            progress: bool = True) -> dict:
     """Run one method on one dataset (every class, or ``classes``) and write a run folder when ``out`` is given.
 
     Every argument is checked before any image is encoded (:func:`plan_run`): an unknown method, class or option, an
@@ -682,6 +698,10 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
         False/None for none.
     autocast : None (float32), ``"bf16"`` or ``"fp16"`` (CUDA): every image tower runs under ``torch.autocast``
         (cached under its own key, recorded in the parameters).
+    map_storage : how float anomaly maps are stored in ``predictions.npz``: ``"float32"`` (default), ``"float16"``
+        or ``"uint8"`` (:data:`zsad.results.MAP_STORAGES`; FADE's maps are uint8 already). The metrics are computed
+        on the maps as stored, so ``zsad eval`` on the folder gives the same numbers; the deviation from float32
+        is measured in ``benchmarks/bench_storage.py``.
     device : where the models run (default ``cuda`` when torch sees a GPU, else ``cpu``).
     out, overwrite : the run folder to write; ``overwrite`` replaces an existing *run folder* (one zsad wrote),
         never any other folder.
@@ -697,5 +717,6 @@ def predict(method: str = "fade", dataset: str = "synthetic", root=None, classes
                     cnn_checkpoint=cnn_checkpoint, shots=shots, seed=seed, mode=mode, sizes=sizes, prompts=prompts,
                     winclip_in_segmentation=winclip_in_segmentation, options=options, variant=variant,
                     class_prompts=class_prompts, detector=detector, max_images=max_images, eval_size=eval_size,
-                    n_boot=n_boot, cache=cache, autocast=autocast, device=device, out=out, overwrite=overwrite)
+                    n_boot=n_boot, cache=cache, autocast=autocast, map_storage=map_storage, device=device, out=out,
+                    overwrite=overwrite)
     return execute(plan, progress)
