@@ -229,3 +229,22 @@ def test_cheung_ablation_rows_through_the_detector(tree, images, canned_llm):
     path = str(no_det._given["class_prompts"][0])
     _same_as_predict(no_det, "cheung_no_object_detection", tree, test, class_prompts=path, **CLIP)
     assert no_det.score(paths).shape == (4,)
+
+
+def test_musc_scores_images_together_and_needs_enough_good_images(synth_root):
+    # MuSc is transductive: the detector's scores of a batch equal predict's on the same class (its test images),
+    # and its threshold comes from good images scored together, so too few of them are refused before any work
+    from zsad import Detector
+    from zsad.data import load_dataset
+
+    recs = load_dataset("synthetic", synth_root, classes="weave", validate=False)
+    train = [r.path for r in recs if r.split == "train"][:6]
+    det = Detector("musc", **WEAVE)
+    with pytest.raises(ValueError, match="musc scores images against each other.*2 are too few"):
+        det.fit(train[:2])
+    det.fit(train)
+    assert det.threshold_ == max(det.reference_scores_) and "MuSc is transductive" in det.threshold_note_
+    test = [r for r in recs if r.split == "test"]
+    scores, _, _ = det.score_and_maps([r.path for r in test])
+    pred = _predict("musc", synth_root, model="zsad-tiny-vit", eval_size=64)
+    np.testing.assert_allclose(scores, pred["scores"], rtol=1e-6, atol=1e-7)

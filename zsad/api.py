@@ -440,12 +440,24 @@ class Detector:
         if self.threshold is not None:
             self.threshold_, self.threshold_note_ = self.threshold, "given"
             return self
+        if self.method == "musc":  # transductive: the good images are scored against each other, before any work
+            from zsad.methods.musc import check_class_size
+
+            try:
+                check_class_size(len(refs), self._params(0)["config"])
+            except ValueError as exc:
+                raise ValueError(f"musc scores images against each other, so its threshold comes from the good "
+                                 f"images scored together: {len(refs)} are too few ({exc}); give more good images, "
+                                 f"or threshold=") from None
         self.reference_scores_ = self.leave_one_out_scores()
         usable = self.reference_scores_[np.isfinite(self.reference_scores_)]
         if usable.size:
             self.threshold_ = quantile_threshold(usable, self.quantile)
+            which = "leave-one-out scores" if self.memory_ else "scores"  # zero-shot: nothing to leave out
             self.threshold_note_ = (f"quantile {self.quantile:g} (numpy 'higher': an actual score) of the "
-                                    f"leave-one-out scores of {usable.size} good image{'s' * (usable.size != 1)}")
+                                    f"{which} of {usable.size} good image{'s' * (usable.size != 1)}"
+                                    + (" scored together (MuSc is transductive: an image's score depends on the "
+                                       "images scored with it)" if self.method == "musc" else ""))
         else:
             self.threshold_ = None
             self.threshold_note_ = ("none: a k-shot method fitted with one good image has no leave-one-out score; "
