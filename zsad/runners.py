@@ -1,7 +1,15 @@
 """The study's runners: per class, ask the feature cache for what a method scores, load its prompts, call the pure
-method and hand its output back (the signature of every runner: ``run(loaded, cls, test, refs, params, progress)``,
-registered in :data:`zsad.study.METHODS`). The methods themselves (:mod:`zsad.methods`) read no file and run no
+method and hand its output back. The methods themselves (:mod:`zsad.methods`) read no file and run no
 encoder; everything that does lives here or in the feature modules.
+
+Every runner is ``run(loaded, cls, test, refs, params, progress) -> MethodOutput``, registered in
+:data:`zsad.study.METHODS`:
+
+- ``loaded``: the backbone (:class:`zsad.backbone.LoadedModel`, or :class:`zsad.cnn.LoadedCNN` for PatchCore);
+- ``cls``: the class name; ``test``: the class's test records; ``refs``: its reference records (k-shot; empty at
+  0 shots);
+- ``params``: the run parameters of :func:`zsad.study.plan_run` (``config``, ``cache``, ``autocast``, ...);
+- ``progress``: tqdm bars per feature pass.
 
 FADE, WinCLIP and PatchCore
 ---------------------------
@@ -142,12 +150,8 @@ def fade_class(loaded, cls, test, refs, params, progress):
 
     Parameters
     ----------
-    loaded : the backbone (:class:`zsad.backbone.LoadedModel`, or :class:`zsad.cnn.LoadedCNN` for PatchCore).
-    cls : the class name.
-    test : the class's test records.
-    refs : its reference records (k-shot; empty at 0 shots).
-    params : the run parameters of :func:`zsad.study.plan_run` (``config``, ``cache``, ``autocast``, ...).
-    progress : tqdm bars per feature pass.
+    loaded, cls, test, refs, params, progress
+        The runner arguments (module docstring).
 
     Returns
     -------
@@ -206,12 +210,8 @@ def winclip_class(loaded, cls, test, refs, params, progress):
 
     Parameters
     ----------
-    loaded : the backbone (:class:`zsad.backbone.LoadedModel`, or :class:`zsad.cnn.LoadedCNN` for PatchCore).
-    cls : the class name.
-    test : the class's test records.
-    refs : its reference records (k-shot; empty at 0 shots).
-    params : the run parameters of :func:`zsad.study.plan_run` (``config``, ``cache``, ``autocast``, ...).
-    progress : tqdm bars per feature pass.
+    loaded, cls, test, refs, params, progress
+        The runner arguments (module docstring).
 
     Returns
     -------
@@ -234,12 +234,8 @@ def patchcore_class(loaded, cls, test, refs, params, progress):
 
     Parameters
     ----------
-    loaded : the backbone (:class:`zsad.backbone.LoadedModel`, or :class:`zsad.cnn.LoadedCNN` for PatchCore).
-    cls : the class name.
-    test : the class's test records.
-    refs : its reference records (k-shot; empty at 0 shots).
-    params : the run parameters of :func:`zsad.study.plan_run` (``config``, ``cache``, ``autocast``, ...).
-    progress : tqdm bars per feature pass.
+    loaded, cls, test, refs, params, progress
+        The runner arguments (module docstring).
 
     Returns
     -------
@@ -603,12 +599,8 @@ def tamura_class(loaded, cls, test, refs, params, progress) -> MethodOutput:
 
     Parameters
     ----------
-    loaded : the backbone (:class:`zsad.backbone.LoadedModel`, or :class:`zsad.cnn.LoadedCNN` for PatchCore).
-    cls : the class name.
-    test : the class's test records.
-    refs : its reference records (k-shot; empty at 0 shots).
-    params : the run parameters of :func:`zsad.study.plan_run` (``config``, ``cache``, ``autocast``, ...).
-    progress : tqdm bars per feature pass.
+    loaded, cls, test, refs, params, progress
+        The runner arguments (module docstring).
 
     Returns
     -------
