@@ -108,6 +108,10 @@ def test_unfinished_or_missing_runs_are_reported(tmp_path):
     (tmp_path / "half" / "metrics.csv").write_text("x\n")
     with pytest.raises(RunFolderError, match="half: not a finished run folder"):
         read_run(tmp_path / "half")
+    (tmp_path / "no_metrics").mkdir()
+    (tmp_path / "no_metrics" / "provenance.json").write_text("{}")
+    with pytest.raises(RunFolderError, match=r"no_metrics: not a finished run folder \(no metrics.csv\)"):
+        read_run(tmp_path / "no_metrics")
     with pytest.raises(RunFolderError, match="predictions file not found"):
         read_predictions(tmp_path / "half")
     (tmp_path / "junk.npz").write_bytes(b"junk")

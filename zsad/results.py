@@ -70,7 +70,21 @@ DIRTY_PATHS = ("zsad", "prompts", "data", "pyproject.toml", "requirements.txt")
 
 def git_commit(path: str | os.PathLike | None = None) -> str:
     """The commit of the working tree zsad runs from, ``+dirty`` when a tracked file under :data:`DIRTY_PATHS`
-    differs from it, or ``"unknown"`` outside a git checkout."""
+    differs from it, or ``"unknown"`` outside a git checkout.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, optional
+        A folder inside the git checkout to ask about. None (or empty): the folder of the installed ``zsad``
+        package, i.e. the working tree zsad runs from.
+
+    Returns
+    -------
+    str
+        ``git rev-parse HEAD``, with ``"+dirty"`` appended when ``git status`` reports a modified tracked file under
+        :data:`DIRTY_PATHS` (untracked files do not count); ``"unknown"`` when git is missing, fails (not a
+        checkout) or takes more than 10 s.
+    """
     cwd = Path(path) if path else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
@@ -85,7 +99,20 @@ def git_commit(path: str | os.PathLike | None = None) -> str:
 
 
 def package_versions(names=_TRACKED_PACKAGES) -> dict[str, str]:
-    """Installed version of each distribution (``"not installed"`` when absent); read once per process."""
+    """Installed version of each distribution (``"not installed"`` when absent); read once per process.
+
+    Parameters
+    ----------
+    names : iterable of str, default the tracked packages
+        Distribution names to look up (``importlib.metadata``); the default is zsad and the packages its results
+        depend on (torch, open-clip-torch, numpy, ...).
+
+    Returns
+    -------
+    dict of str to str
+        ``{name: version}`` in the order of ``names``, a fresh dict on each call; the look-up is cached per tuple of
+        names for the life of the process.
+    """
     return dict(_package_versions(tuple(names)))
 
 
@@ -105,6 +132,26 @@ def provenance(parameters: dict, *, model=None, seed: int | None = None, referen
 
     ``model`` is a :class:`zsad.backbone.LoadedModel` (or anything with ``provenance()``); ``references`` maps a
     class name to the list of few-shot reference files (relative paths) that were used.
+
+    Parameters
+    ----------
+    parameters : dict
+        The run's parameters, stored as they are under ``"parameters"``.
+    model : zsad.backbone.LoadedModel, optional
+        The model used; its ``provenance()`` is stored under ``"weights"``. None: ``"weights"`` is None (no model).
+    seed : int, optional
+        The run's seed, stored under ``"seed"``.
+    references : dict, optional
+        Class name -> list of few-shot reference files (relative paths); None or empty: ``{}``.
+    extra : dict, optional
+        More entries, merged in last (they replace entries of the same name).
+
+    Returns
+    -------
+    dict
+        ``created_utc``, ``git_commit`` (:func:`git_commit`), ``python``, ``platform``, ``device`` (``"cuda:<GPU
+        name>"`` or ``"cpu"``), ``torch_threads``, ``cpu_capability``, ``packages`` (:func:`package_versions`,
+        sorted by name), ``seed``, ``parameters``, ``weights``, ``few_shot_references``, and ``extra``'s entries.
     """
     import torch  # deferred: results is also used by light commands such as `zsad eval`
 
@@ -139,7 +186,24 @@ def _check_metrics_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def metrics_csv_bytes(df: pd.DataFrame) -> bytes:
-    """Deterministic CSV text of a tidy metrics table (sorted rows, fixed float format, ``\\n`` line ends)."""
+    """Deterministic CSV text of a tidy metrics table (sorted rows, fixed float format, ``\\n`` line ends).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Tidy metrics with at least the :data:`METRIC_COLUMNS`; other columns are dropped.
+
+    Returns
+    -------
+    bytes
+        The CSV (header and rows, no index): the :data:`METRIC_COLUMNS` in their order, rows sorted (stable) by the
+        key columns ``dataset`` .. ``metric``, floats written as ``%.10g``.
+
+    Raises
+    ------
+    RunFolderError
+        A missing column, or two rows with the same key (``dataset, class, method, setting, shots, seed, metric``).
+    """
     return _check_metrics_frame(df).to_csv(index=False, float_format=_FLOAT_FORMAT, lineterminator="\n").encode()
 
 
@@ -315,7 +379,20 @@ def _write_npz(path: Path, arrays: dict) -> None:
 
 def is_run_folder(path: str | os.PathLike) -> bool:
     """True when ``path`` is a folder zsad wrote as a run: a provenance file of ours, and no file zsad did not write
-    (so replacing it can only lose a result zsad can recompute)."""
+    (so replacing it can only lose a result zsad can recompute).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The folder to inspect.
+
+    Returns
+    -------
+    bool
+        True when ``path`` is a real folder (not a symlink) whose entries are all among :data:`RUN_FILES` and whose
+        ``provenance.json`` is a readable JSON object with ``git_commit``, ``parameters`` and ``packages``; False
+        otherwise (also for a missing path, an empty folder or an unreadable provenance file).
+    """
     path = Path(path)
     if not path.is_dir() or path.is_symlink():
         return False
@@ -331,7 +408,30 @@ def is_run_folder(path: str | os.PathLike) -> bool:
 def check_run_target(run_dir: str | os.PathLike, *, overwrite: bool = False, protect=()) -> Path:
     """Refuse a run-folder path before any work: an existing file, a folder that is not a zsad run folder (even with
     ``overwrite``: it may be a user's data), an existing run folder without ``overwrite``, or a path inside or
-    above one of the ``protect`` folders (e.g. the dataset being evaluated). Returns the path."""
+    above one of the ``protect`` folders (e.g. the dataset being evaluated). Returns the path.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+        The run folder to be written; ``~`` is expanded. A missing path or an empty folder is accepted.
+    overwrite : bool, default False
+        Accept an existing run folder of zsad's (:func:`is_run_folder`), to be replaced.
+    protect : iterable of path, default ()
+        Folders that must not be written into or over: ``run_dir`` may be neither one of them, nor inside one, nor
+        above one (compared after resolving symlinks).
+
+    Returns
+    -------
+    pathlib.Path
+        ``run_dir``, ``~``-expanded (not resolved).
+
+    Raises
+    ------
+    RunFolderError
+        ``run_dir`` is, is inside or is above a ``protect`` folder; is a symlink or an existing non-folder; is a
+        non-empty folder that is not a zsad run folder (whatever ``overwrite``); or is a run folder and
+        ``overwrite`` is False.
+    """
     run_dir = Path(run_dir).expanduser()
     resolved = run_dir.resolve()
     for folder in protect:
@@ -427,22 +527,68 @@ def read_predictions(path: str | os.PathLike, *, dequantise: bool = True) -> dic
 
 
 def read_run(run_dir: str | os.PathLike) -> dict:
-    """Return ``{"metrics": DataFrame, "provenance": dict, "path": Path}`` of a finished run folder."""
+    """Return ``{"metrics": DataFrame, "provenance": dict, "path": Path}`` of a finished run folder.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+        The run folder; it is finished when it holds ``provenance.json``.
+
+    Returns
+    -------
+    dict
+        ``metrics``: ``metrics.csv`` as a DataFrame (only empty cells read as NaN; strings such as ``"NA"`` stay);
+        ``provenance``: the parsed ``provenance.json``; ``path``: ``run_dir`` as a :class:`pathlib.Path`.
+
+    Raises
+    ------
+    RunFolderError
+        When ``run_dir`` has no ``provenance.json`` or no ``metrics.csv`` (not a finished run folder).
+    """
     run_dir = Path(run_dir)
     prov_file = run_dir / "provenance.json"
     if not prov_file.is_file():
         raise RunFolderError(f"{run_dir}: not a finished run folder (no provenance.json)")
+    if not (run_dir / "metrics.csv").is_file():
+        raise RunFolderError(f"{run_dir}: not a finished run folder (no metrics.csv)")
     metrics = pd.read_csv(run_dir / "metrics.csv", keep_default_na=False, na_values=[""])
     return {"metrics": metrics, "provenance": json.loads(prov_file.read_text()), "path": run_dir}
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file through a temporary sibling and a rename (:func:`zsad.atomic.write_text`)."""
+    """Write a text file through a temporary sibling and a rename (:func:`zsad.atomic.write_text`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write; its parent folder is created when missing.
+    text : str
+        Its new content, written UTF-8 encoded.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
     return atomic.write_text(path, text)
 
 
 def provenance_markdown(prov: dict) -> str:
-    """The provenance box every chapter ends with (Markdown), from a :func:`provenance` dict."""
+    """The provenance box every chapter ends with (Markdown), from a :func:`provenance` dict.
+
+    Parameters
+    ----------
+    prov : dict
+        A :func:`provenance` dict (or a run folder's ``provenance.json``); missing entries show as None (or empty).
+
+    Returns
+    -------
+    str
+        A MyST ``{admonition} Provenance`` block listing the commit, the weights (``"no model used"``, a bold
+        **RANDOM WEIGHTS** warning with the model and init seed, or the model, checkpoint file name and sha256),
+        seed, device, Python version, the installed packages (``"not installed"`` ones left out) and the parameters
+        as sorted JSON.
+    """
     weights = prov.get("weights")
     if weights is None:
         weights_line = "no model used"

@@ -182,6 +182,37 @@ def render_image(
     ``group`` is ``"train"``, ``"good"`` (normal test) or a defect type. ``clean`` and ``image`` are
     ``(size, size, 3)`` uint8 (equal for normal groups); ``mask`` is ``(size, size)`` bool and equals
     ``(image != clean).any(-1)`` exactly. ``texture`` defaults to the class name when it is a known texture.
+
+    Parameters
+    ----------
+    cls : str
+        Class name; with ``seed``, ``group`` and ``index`` it seeds the image's own random stream (``crc32`` of the
+        name), and it picks the default texture.
+    index : int
+        Index of the image within its class and group.
+    seed : int, default 0
+        Seed of the dataset.
+    group : str, default "train"
+        ``"train"``, ``"good"`` (normal test) or one of :data:`DEFECT_TYPES`.
+    size : int, default 128
+        Side of the square image in pixels (not checked here; :func:`make_synthetic` requires >= 32).
+    texture : str, optional
+        One of :data:`TEXTURES`. None (or empty): ``cls`` when it is a known texture, else ``"weave"``
+        (:func:`make_synthetic` instead alternates the textures over unknown class names).
+
+    Returns
+    -------
+    clean : np.ndarray
+        ``(size, size, 3)`` uint8, the defect-free image.
+    image : np.ndarray
+        ``(size, size, 3)`` uint8, the image with its defect drawn (a copy of ``clean`` for normal groups).
+    mask : np.ndarray
+        ``(size, size)`` bool, the defect's pixels (all False for normal groups).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``group`` or ``texture``.
     """
     if group == "train":
         code = _TRAIN
@@ -230,7 +261,20 @@ _TREE_FILE = re.compile(r"^[^/]+/(train|test|ground_truth)/[^/]+/[^/]+[.]png$")
 
 def is_synthetic_tree(path: str | os.PathLike) -> bool:
     """True when ``path`` holds only what :func:`make_synthetic` writes: its README and PNGs in the MVTec layout
-    (so replacing it loses nothing the generator cannot write again)."""
+    (so replacing it loses nothing the generator cannot write again).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The folder to inspect.
+
+    Returns
+    -------
+    bool
+        True when ``path/README.txt`` is readable UTF-8 starting with the generator's header line, no entry under
+        ``path`` is a symlink, and every other file is a ``<class>/{train,test,ground_truth}/<folder>/<name>.png``;
+        False otherwise (also for a missing folder or README).
+    """
     path = Path(path)
     try:
         if not (path / README_NAME).read_text(encoding="utf-8").startswith(_README_HEAD):
@@ -282,6 +326,42 @@ def make_synthetic(
     this function wrote (:func:`is_synthetic_tree`) and ``overwrite=True``, in which case it is replaced; any other
     folder is never replaced. The tree is built in a temporary sibling folder and moved
     into place, so an interrupted run never leaves a half-written tree at ``out``.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The folder to write (``~`` is expanded); a missing path or an empty folder is accepted.
+    seed : int, default 0
+        Seed of the dataset (an int >= 0): the same arguments give byte-identical files.
+    classes : str or sequence of str, default ("weave", "grain")
+        Distinct class names, each a plain folder name (a single string is one class). ``weave`` and ``grain`` get
+        their own texture; other names alternate between the two in the order given.
+    n_train : int, default 8
+        Normal training images per class (``<class>/train/good``).
+    n_test_good : int, default 4
+        Normal test images per class (``<class>/test/good``).
+    n_test_defect : int, default 4
+        Defective test images per class and defect type, each with its mask under ``<class>/ground_truth``.
+    size : int, default 128
+        Side of the square images in pixels (>= 32).
+    overwrite : bool, default False
+        Replace ``out`` when it is a non-empty synthetic tree written by this function.
+    defect_types : sequence of str, default DEFECT_TYPES
+        Distinct defect types to draw, from :data:`DEFECT_TYPES`.
+
+    Returns
+    -------
+    pathlib.Path
+        The absolute path of ``out``.
+
+    Raises
+    ------
+    ValueError
+        A ``seed`` or image count that is not an int >= 0, ``size`` < 32, an empty or repeated class list, a class
+        name that is not a plain folder name, unknown or repeated ``defect_types``, or all image counts 0.
+    FileExistsError
+        ``out`` exists and is not a folder; is a non-empty folder that is not a synthetic tree (overwrite or not);
+        or is a synthetic tree and ``overwrite`` is False.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
