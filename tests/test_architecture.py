@@ -40,3 +40,10 @@ def test_every_registered_runner_lives_in_the_runners_module():
 
     modules = {getattr(spec.run, "func", spec.run).__module__ for spec in METHODS.values()}  # partial: .func
     assert modules == {"zsad.runners"}
+
+
+def test_every_public_name_resolves():
+    import zsad
+
+    missing = [name for name in zsad.__all__ if not hasattr(zsad, name)]
+    assert not missing, f"zsad.__all__ names that do not resolve: {missing}"

@@ -73,9 +73,9 @@ def test_every_chapter_checks_its_parameters():
 
 def test_every_study_chapter_has_the_one_run_parameter_block():
     """The study chapters start their parameters cell with run_parameters_block() (defaults overridden only where
-    listed), check them with run=True and pass them on with run_arguments(globals()). t01 (data) and t10 (per-class
+    listed), check them with run=True and pass them on with run_arguments(globals()). t01 (data) and t12 (per-class
     appendix, which only reads run folders) run nothing."""
-    study = [p for p in _chapters() if p.stem not in ("t01_data", "t10_per_class")]
+    study = [p for p in _chapters() if p.stem not in ("t01_data", "t12_per_class")]
     assert len(study) == 9
     for path in study:
         nb = read_source(path)
