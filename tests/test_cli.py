@@ -40,6 +40,15 @@ def test_synth_writes_a_loadable_tree(tmp_path, capsys):
     assert "scratch" in out and "train" in out
     # a second call without --overwrite is refused with a clear message, exit code 2
     assert main(["data", "synth", "--out", str(tmp_path / "s")]) == 2
+    # the object class from the command line: the same tree as make_synthetic writes
+    from zsad.data import list_classes, make_synthetic
+
+    assert main(["data", "synth", "--out", str(tmp_path / "p"), "--classes", "part", "--n-train", "1",
+                 "--n-test-good", "1", "--n-test-defect", "1", "--size", "64"]) == 0
+    make_synthetic(tmp_path / "q", classes=("part",), n_train=1, n_test_good=1, n_test_defect=1, size=64)
+    assert list_classes("mvtec", tmp_path / "p") == ["part"]
+    for f in sorted((tmp_path / "q").rglob("*.png")):
+        assert (tmp_path / "p" / f.relative_to(tmp_path / "q")).read_bytes() == f.read_bytes()
 
 
 def test_eval_recomputes_metrics(tmp_path, capsys):

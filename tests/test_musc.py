@@ -223,6 +223,9 @@ def test_pool_effect_and_kinds_by_hand():
         pool_effect(full, {**same, "paths": list("abdc")})
     assert [class_kind("mvtec", c) for c in ("carpet", "bottle")] == ["texture", "object"]
     assert class_kind("visa", "pcb1") == "object" and class_kind("synthetic", "weave") == "texture"
+    assert class_kind("synthetic", "grain") == "texture" and class_kind("magnetic_tile", "magnetic_tile") == "texture"
+    assert class_kind("synthetic", "part") == "object" and class_kind("mvtec", "part") == "object"  # the nut
+    assert class_kind("folder", "part") == "unknown"
     cols = ["dataset", "class", "method", "setting", "shots", "seed", "metric", "value", "ci_low", "ci_high"]
     metrics = pd.DataFrame([("mvtec", c, m, "0-shot", 0, 0, "pauroc", v, None, None)
                             for c, m, v in (("carpet", "musc", 0.9), ("wood", "musc", 0.7), ("bottle", "musc", 0.6),

@@ -101,3 +101,103 @@ def test_paper_scale_min_train_leaves_room_for_k_shots():
     low = scaled_counts("mvtec", 0.005, ["toothbrush"], min_test=5)["toothbrush"]
     assert (low["test_good"], low["test_defect"]) == (5, 5)
     assert scaled_counts("mvtec", 0.005, ["toothbrush"], min_test=50)["toothbrush"]["test_good"] == 12  # real count
+
+
+# ------------------------------------------------------------------------------------- the object class "part"
+
+#: sha256 of render_image's arrays (clean, image, mask) for weave and grain, every group, index 1, size 64, seed 0,
+#: and of a 32-px default tree (README text and decoded pixels of every file, sorted by path), both computed with
+#: the generator as it was before the object kind was added: the textures must never change.
+DEFAULT_RENDER_SHA256 = "2c5a449af9aec265ebdb57cd7554f381e13754b3fb860561688a4e5180c1356e"
+DEFAULT_TREE_SHA256 = "d90e47a3d23798e0bfe4a6c5b7e34b8ad1d46e1f4e20020431bbd040d8e39bbf"
+GROUPS = ("train", "good", "scratch", "blob", "missing")
+
+
+def test_the_default_textures_are_unchanged(tmp_path):
+    import hashlib
+
+    from PIL import Image
+
+    from zsad.data.synth import render_image
+
+    h = hashlib.sha256()
+    for cls in ("weave", "grain"):
+        for group in GROUPS:
+            for array in render_image(cls, 1, seed=0, group=group, size=64):
+                h.update(array.tobytes())
+    assert h.hexdigest() == DEFAULT_RENDER_SHA256
+    tree = make_synthetic(tmp_path / "t", n_train=1, n_test_good=1, n_test_defect=1, size=32)
+    h = hashlib.sha256()
+    for p in sorted(tree.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(tree).as_posix().encode())
+            h.update(p.read_bytes() if p.suffix == ".txt" else np.asarray(Image.open(p)).tobytes())
+    assert h.hexdigest() == DEFAULT_TREE_SHA256
+    # unknown class names still alternate between the two textures only
+    assert "textures: a=weave, part=part, b=weave" in (
+        make_synthetic(tmp_path / "u", classes=("a", "part", "b"), n_train=1, n_test_good=0, n_test_defect=0,
+                       size=32) / "README.txt").read_text()
+
+
+def test_part_renders_deterministically_with_exact_masks_on_the_part():
+    from zsad.data.synth import OBJECTS, object_mask, render_image
+
+    assert OBJECTS == ("part",)
+    for group in GROUPS:
+        for index in range(3):
+            clean, image, mask = render_image("part", index, seed=0, group=group, size=96)
+            again = render_image("part", index, seed=0, group=group, size=96)
+            assert all(np.array_equal(a, b) for a, b in zip((clean, image, mask), again))
+            inside = object_mask("part", index, seed=0, group=group, size=96)
+            assert np.array_equal(mask, (image != clean).any(axis=-1))  # exact: the changed pixels
+            assert not (mask & ~inside).any()  # on the part: never the table, the hole or the edge
+            assert 0.15 < inside.mean() < 0.35  # a part, not the whole image
+            if group in ("train", "good"):
+                assert not mask.any() and np.array_equal(clean, image)
+            else:
+                assert 0.002 < mask.mean() < 0.05, (group, index, mask.mean())
+    a = render_image("part", 0, seed=0, group="train", size=96)[0]
+    assert not np.array_equal(a, render_image("part", 1, seed=0, group="train", size=96)[0])
+    assert not np.array_equal(a, render_image("part", 0, seed=1, group="train", size=96)[0])
+    # the part moves and turns from image to image
+    masks = [object_mask("part", i, group="train", size=96) for i in range(4)]
+    assert all(not np.array_equal(masks[0], m) for m in masks[1:])
+    # a texture covers the whole image
+    assert object_mask("weave", 0, size=32).all()
+
+
+def test_part_is_not_a_stationary_texture():
+    """A patch at the centre (hole and thread) and one at a corner (plain table) differ clearly on the part, in mean
+    and in spread; on weave the two patches have the same statistics."""
+    from zsad.data.synth import render_image
+
+    def patches(cls, index):
+        img = render_image(cls, index, seed=0, group="train", size=128)[0].astype(np.float64)
+        return img[48:80, 48:80], img[:32, :32]
+
+    for index in range(6):
+        centre, corner = patches("part", index)
+        assert abs(centre.mean() - corner.mean()) > 15 and centre.std() > 2.5 * corner.std()
+        centre, corner = patches("weave", index)
+        assert abs(centre.mean() - corner.mean()) < 8 and 0.9 < centre.std() / corner.std() < 1.1
+
+
+def test_part_tree_loads_as_mvtec(tmp_path):
+    from PIL import Image
+
+    from zsad.data import load_dataset
+    from zsad.data.synth import object_mask
+
+    tree = make_synthetic(tmp_path / "objects", classes=("part",), seed=0, n_train=2, n_test_good=2,
+                          n_test_defect=2, size=64)
+    records = load_dataset("mvtec", tree)
+    assert {r.cls for r in records} == {"part"}
+    assert sum(r.split == "train" for r in records) == 2
+    assert sum(r.split == "test" and r.label == 0 for r in records) == 2
+    defects = [r for r in records if r.label == 1]
+    assert sorted({r.defect for r in defects}) == ["blob", "missing", "scratch"] and len(defects) == 6
+    for r in defects:
+        mask = np.asarray(Image.open(r.mask_path)) > 0
+        assert mask.any()
+        assert not (mask & ~object_mask("part", int(r.path.stem), group=r.defect, size=64)).any()
+    assert "textures: part=part" in (tree / "README.txt").read_text()

@@ -80,7 +80,10 @@ def _cmd_doctor(args) -> int:
 def _cmd_synth(args) -> int:
     from zsad.data import make_synthetic
 
-    out = make_synthetic(args.out, seed=args.seed, size=args.size, n_train=args.n_train,
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+    if not classes:
+        raise ValueError("--classes is empty: name at least one class")
+    out = make_synthetic(args.out, seed=args.seed, classes=classes, size=args.size, n_train=args.n_train,
                          n_test_good=args.n_test_good, n_test_defect=args.n_test_defect, overwrite=args.overwrite)
     print(f"synthetic dataset (seed {args.seed}) written to {out}")
     return 0
@@ -192,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=8, help="normal training images per class")
     p.add_argument("--n-test-good", type=int, default=4, help="normal test images per class")
     p.add_argument("--n-test-defect", type=int, default=4, help="defective test images per class and defect type")
+    p.add_argument("--classes", default="weave,grain",
+                   help="comma-separated classes: the textures weave, grain, the object part (a nut); other names "
+                        "alternate the two textures [weave,grain]")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.set_defaults(func=_cmd_synth)
     p = data.add_parser("summary", help="count images per class, split and defect type")

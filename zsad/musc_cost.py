@@ -26,7 +26,8 @@ __all__ = ["PeakRss", "token_shape", "measure_cost", "project_cost", "projection
            "class_kind", "kind_table", "cost_plot"]
 
 #: MVTec AD's texture classes (Bergmann et al., CVPR 2019, Tab. 1); its other ten classes are objects. Every VisA
-#: class is an object (Zou et al., ECCV 2022); the embedded synthetic classes and magnetic tile are surfaces.
+#: class is an object (Zou et al., ECCV 2022); the embedded synthetic classes and magnetic tile are surfaces, the
+#: synthetic ``part`` (zsad.data.synth.OBJECTS) an object.
 MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -290,8 +291,9 @@ def pool_effects(result: dict) -> pd.DataFrame:
 
 
 def class_kind(dataset: str, cls: str) -> str:
-    """``"texture"`` or ``"object"``: MVTec AD's five texture classes (:data:`MVTEC_TEXTURES`), VisA's objects, and
-    the embedded surfaces (synthetic weave and grain, magnetic tile); ``"unknown"`` for other datasets.
+    """``"texture"`` or ``"object"``: MVTec AD's five texture classes (:data:`MVTEC_TEXTURES`), VisA's objects, the
+    embedded surfaces (synthetic weave and grain, magnetic tile) and the synthetic object kinds
+    (:data:`zsad.data.synth.OBJECTS`: ``part``, a nut on a table); ``"unknown"`` for other datasets.
 
     Parameters
     ----------
@@ -302,11 +304,15 @@ def class_kind(dataset: str, cls: str) -> str:
     -------
     str
     """
+    from zsad.data.synth import OBJECTS
+
     if dataset == "mvtec":
         return "texture" if cls in MVTEC_TEXTURES else "object"
     if dataset == "visa":
         return "object"
-    if dataset in ("synthetic", "magnetic_tile"):
+    if dataset == "synthetic":
+        return "object" if cls in OBJECTS else "texture"
+    if dataset == "magnetic_tile":
         return "texture"
     return "unknown"
 

@@ -10,13 +10,25 @@
 
 Textures (RGB, ``size`` x ``size``): ``weave`` is a basket weave of periodic stripes with a random period and
 phase plus sensor noise; ``grain`` is a smooth random field (sum of bilinearly-upsampled noise grids) plus
-noise. Any other class name gets one of the two textures (alternating in the order given) with its own seed.
+noise. Any other class name gets one of the two textures (alternating in the order given) with its own seed,
+except the object kind below, which only the class named ``part`` gets.
+
+Object (:data:`OBJECTS`): ``part`` is one manufactured part, a hexagon nut seen from above (a hexagon with
+chamfered corners and a threaded through-hole, lit from one side, with a soft cast shadow) on a plain, slightly
+noisy table. Per image the part moves by up to 3 % of the side and turns by a random angle, so its images are
+not stationary: the hole at the centre, the metal around it and the table at the corners look different, and a
+patch's content depends on where it lies (unlike ``weave`` and ``grain``). Its pixels are :func:`object_mask`.
 
 Defects (one per defect image, folder named by type), each covering about 0.5-5 % of the image:
 
 - ``scratch``: a thin polyline (3 segments, width ~size/48 px) of a contrasting colour.
 - ``blob``: a rotated elliptic stain, a darker tint blended over the texture (the texture stays faintly visible).
 - ``missing``: a rectangular patch replaced by a flat, darker colour (texture gone, like a hole).
+
+On ``part`` a defect is planted on the part: its region is cut to the part's fully covered pixels (never the
+table, the hole or an anti-aliased edge), its colours are chosen against the part's mean colour, and a placement
+that leaves less than 60 % of the drawn region on the part is drawn again (from the image's defect stream), so a
+defect on the part covers somewhat less of the image (about 0.4-4 % at 256 px).
 
 The mask is exactly the drawn region, and every mask pixel differs from the defect-free image in at least one
 channel (pixels that the blend happened to leave unchanged are nudged), so ``mask == (defective != clean)``.
@@ -38,11 +50,14 @@ from PIL import Image, ImageDraw
 
 from zsad.atomic import atomic_folder
 
-__all__ = ["make_synthetic", "render_image", "DEFECT_TYPES", "TEXTURES", "SYNTH_VERSION"]
+__all__ = ["make_synthetic", "render_image", "object_mask", "DEFECT_TYPES", "TEXTURES", "OBJECTS", "SYNTH_VERSION"]
 
 SYNTH_VERSION = 1
 DEFECT_TYPES = ("scratch", "blob", "missing")
 TEXTURES = ("weave", "grain")
+#: Object kinds: one part on a plain background, not a stationary texture. Unknown class names alternate between
+#: :data:`TEXTURES` only, so adding an object kind changes no other class.
+OBJECTS = ("part",)
 
 _TRAIN, _TEST_GOOD, _TEST_DEFECT0 = 0, 1, 2
 
@@ -88,8 +103,72 @@ def _grain(rng: np.random.Generator, size: int) -> np.ndarray:
 _TEXTURE_FUNCS = {"weave": _weave, "grain": _grain}
 
 
+# ------------------------------------------------------------------------------------------------- object
+
+
+def _part_distance(x: np.ndarray, y: np.ndarray, apothem: float, theta: float) -> np.ndarray:
+    """Signed distance (px, negative inside) to a hexagon nut's outline: hexagon of ``apothem`` turned by
+    ``theta``, corners cut by a circle (the chamfer), minus the central hole."""
+    r = np.hypot(x, y)
+    faces = np.max([x * np.cos(theta + k * np.pi / 3) + y * np.sin(theta + k * np.pi / 3) for k in range(6)], axis=0)
+    outer = np.maximum(faces - apothem, r - _CHAMFER * apothem)
+    return np.maximum(outer, _HOLE * apothem - r)
+
+
+_CHAMFER, _HOLE, _THREAD = 1.08, 0.36, 1.4  # chamfer circle, hole and thread radii in apothems
+
+
+def _part(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A hexagon nut on a plain table: ``(image, inside)``, the float RGB image and the fully covered pixels."""
+    cx, cy = size / 2.0 + rng.uniform(-0.03, 0.03, 2) * size
+    theta = rng.uniform(0.0, np.pi / 3.0)  # the hexagon's symmetry: every orientation
+    apothem = 0.27 * size * rng.uniform(0.98, 1.02)
+    light = rng.uniform(-0.2, 0.2) + 1.25 * np.pi  # light from the upper left (image y points down)
+    metal = np.array([150.0, 152.0, 157.0]) + rng.normal(0.0, 3.0) + rng.normal(0.0, 1.0, 3)  # lot and light
+    table = np.array([201.0, 198.0, 190.0]) + rng.normal(0.0, 3.0) + rng.normal(0.0, 1.0, 3)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    x, y = xx - cx, yy - cy
+    d = _part_distance(x, y, apothem, theta)
+    cover = np.clip(0.5 - d, 0.0, 1.0)  # one-pixel anti-aliased edge
+    r = np.hypot(x, y)
+    toward = -(x * np.cos(light) + y * np.sin(light)) / apothem  # > 0 on the side facing the light
+    shade = 16.0 * toward
+    shade = shade + np.where(r > 0.95 * apothem, 18.0 + 10.0 * toward, 0.0)  # chamfer ring at the corners
+    thread = (r < _THREAD * _HOLE * apothem).astype(np.float64)
+    shade = shade - thread * (30.0 + 8.0 * np.cos(2.0 * np.pi * r / max(size / 64.0, 1.0)))
+    shade = shade + 3.0 * np.cos(2.0 * np.pi * r / max(size / 45.0, 1.0))  # faint turning marks
+    part = metal + shade[..., None]
+    offset = 0.025 * size  # the cast shadow falls away from the light
+    sd = _part_distance(x + offset * np.cos(light), y + offset * np.sin(light), apothem, theta)
+    shadow = np.clip(0.5 - sd / (0.03 * size), 0.0, 1.0)
+    ground = table + 6.0 * ((xx + yy) / size - 1.0)[..., None]
+    ground = ground * (1.0 - 0.22 * shadow)[..., None]
+    img = cover[..., None] * part + (1.0 - cover[..., None]) * ground
+    return img + _noise(rng, size), d <= -0.5
+
+
+#: fewest share of a drawn defect region that must fall on the part, and how many placements are tried
+_ON_PART, _PLACEMENTS = 0.6, 64
+
+
+def _planted(group: str, img: np.ndarray, inside: np.ndarray, rng: np.random.Generator):
+    """A defect of type ``group`` drawn on the part only: ``(drawn, mask)`` with ``mask`` inside ``inside``."""
+    fill = img.copy()
+    fill[~inside] = img[inside].mean(axis=0)  # the defects choose their colours from the mean: the part's
+    best = (-1.0, fill, np.zeros(inside.shape, dtype=bool))
+    for _ in range(_PLACEMENTS):
+        drawn, region = _DEFECT_FUNCS[group](fill, rng)
+        mask = region & inside
+        share = float(mask.sum()) / max(int(region.sum()), 1)
+        if share > best[0]:
+            best = (share, drawn, mask)
+        if share >= _ON_PART:
+            break
+    return best[1], best[2]
+
+
 def _texture_for(cls: str, classes: Sequence[str]) -> str:
-    if cls in _TEXTURE_FUNCS:
+    if cls in _TEXTURE_FUNCS or cls in OBJECTS:
         return cls
     return TEXTURES[list(classes).index(cls) % len(TEXTURES)] if cls in classes else TEXTURES[0]
 
@@ -168,6 +247,27 @@ def _rng(seed: int, cls: str, group: int, index: int, stream: int) -> np.random.
     return np.random.default_rng([int(seed), zlib.crc32(cls.encode("utf-8")), group, index, stream])
 
 
+def _group_code(group: str) -> int:
+    if group == "train":
+        return _TRAIN
+    if group == "good":
+        return _TEST_GOOD
+    if group in _DEFECT_FUNCS:
+        return _TEST_DEFECT0 + DEFECT_TYPES.index(group)
+    raise ValueError(f"group must be 'train', 'good' or one of {DEFECT_TYPES}, got {group!r}")
+
+
+def _clean(cls: str, index: int, seed: int, code: int, size: int, texture: str | None):
+    """The defect-free float image and, for an object kind, its fully covered pixels (None for a texture)."""
+    texture = texture or (cls if cls in _TEXTURE_FUNCS or cls in OBJECTS else TEXTURES[0])
+    rng = _rng(seed, cls, code, index, 0)
+    if texture in OBJECTS:
+        return _part(rng, size)
+    if texture not in _TEXTURE_FUNCS:
+        raise ValueError(f"unknown texture {texture!r}; expected one of {TEXTURES + OBJECTS}")
+    return _TEXTURE_FUNCS[texture](rng, size), None
+
+
 def render_image(
     cls: str,
     index: int,
@@ -181,7 +281,8 @@ def render_image(
 
     ``group`` is ``"train"``, ``"good"`` (normal test) or a defect type. ``clean`` and ``image`` are
     ``(size, size, 3)`` uint8 (equal for normal groups); ``mask`` is ``(size, size)`` bool and equals
-    ``(image != clean).any(-1)`` exactly. ``texture`` defaults to the class name when it is a known texture.
+    ``(image != clean).any(-1)`` exactly. ``texture`` defaults to the class name when it is a known texture or
+    object kind; on an object (:data:`OBJECTS`) the mask lies inside :func:`object_mask`.
 
     Parameters
     ----------
@@ -197,8 +298,8 @@ def render_image(
     size : int, default 128
         Side of the square image in pixels (not checked here; :func:`make_synthetic` requires >= 32).
     texture : str, optional
-        One of :data:`TEXTURES`. None (or empty): ``cls`` when it is a known texture, else ``"weave"``
-        (:func:`make_synthetic` instead alternates the textures over unknown class names).
+        One of :data:`TEXTURES` or :data:`OBJECTS`. None (or empty): ``cls`` when it is a known texture or object
+        kind, else ``"weave"`` (:func:`make_synthetic` instead alternates the textures over unknown class names).
 
     Returns
     -------
@@ -214,22 +315,17 @@ def render_image(
     ValueError
         An unknown ``group`` or ``texture``.
     """
-    if group == "train":
-        code = _TRAIN
-    elif group == "good":
-        code = _TEST_GOOD
-    elif group in _DEFECT_FUNCS:
-        code = _TEST_DEFECT0 + DEFECT_TYPES.index(group)
-    else:
-        raise ValueError(f"group must be 'train', 'good' or one of {DEFECT_TYPES}, got {group!r}")
-    texture = texture or (cls if cls in _TEXTURE_FUNCS else TEXTURES[0])
-    if texture not in _TEXTURE_FUNCS:
-        raise ValueError(f"unknown texture {texture!r}; expected one of {TEXTURES}")
-    clean = _to_uint8(_TEXTURE_FUNCS[texture](_rng(seed, cls, code, index, 0), size))
+    code = _group_code(group)
+    clean_f, inside = _clean(cls, index, seed, code, size, texture)
+    clean = _to_uint8(clean_f)
     mask = np.zeros((size, size), dtype=bool)
     if code < _TEST_DEFECT0:
         return clean, clean.copy(), mask
-    drawn, mask = _DEFECT_FUNCS[group](clean.astype(np.float64), _rng(seed, cls, code, index, 1))
+    defect_rng = _rng(seed, cls, code, index, 1)
+    if inside is None:
+        drawn, mask = _DEFECT_FUNCS[group](clean.astype(np.float64), defect_rng)
+    else:
+        drawn, mask = _planted(group, clean.astype(np.float64), inside, defect_rng)
     image = _to_uint8(drawn)
     image[~mask] = clean[~mask]
     # a blend can leave a pixel (by chance) equal to its clean value: nudge it so the mask is exactly "changed"
@@ -238,6 +334,49 @@ def render_image(
         bright = clean[same].astype(np.int16).mean(axis=-1, keepdims=True) > 127
         image[same] = np.clip(clean[same].astype(np.int16) + np.where(bright, -8, 8), 0, 255).astype(np.uint8)
     return clean, image, mask
+
+
+def object_mask(
+    cls: str,
+    index: int,
+    *,
+    seed: int = 0,
+    group: str = "train",
+    size: int = 128,
+    texture: str | None = None,
+) -> np.ndarray:
+    """The pixels of the object in the image :func:`render_image` renders with the same arguments.
+
+    For an object kind (:data:`OBJECTS`) these are the part's fully covered pixels (not the background, the hole
+    or the anti-aliased edge), where the defects are planted; a texture covers the whole image.
+
+    Parameters
+    ----------
+    cls : str
+        Class name, as for :func:`render_image`.
+    index : int
+        Index of the image within its class and group.
+    seed : int, default 0
+        Seed of the dataset.
+    group : str, default "train"
+        ``"train"``, ``"good"`` (normal test) or one of :data:`DEFECT_TYPES`.
+    size : int, default 128
+        Side of the square image in pixels.
+    texture : str, optional
+        As for :func:`render_image`.
+
+    Returns
+    -------
+    np.ndarray
+        ``(size, size)`` bool; all True for a texture. The defect's mask of the same image lies inside it.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``group`` or ``texture``.
+    """
+    _, inside = _clean(cls, index, seed, _group_code(group), size, texture)
+    return np.ones((size, size), dtype=bool) if inside is None else inside
 
 
 # ------------------------------------------------------------------------------------------------- writer
@@ -335,7 +474,8 @@ def make_synthetic(
         Seed of the dataset (an int >= 0): the same arguments give byte-identical files.
     classes : str or sequence of str, default ("weave", "grain")
         Distinct class names, each a plain folder name (a single string is one class). ``weave`` and ``grain`` get
-        their own texture; other names alternate between the two in the order given.
+        their own texture and ``part`` the object (:data:`OBJECTS`, a hexagon nut on a table); other names
+        alternate between the two textures in the order given.
     n_train : int, default 8
         Normal training images per class (``<class>/train/good``).
     n_test_good : int, default 4
