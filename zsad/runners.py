@@ -424,16 +424,13 @@ def _output(feats: dict, prompts: dict, source: str, note, cfg: CheungConfig, t:
 
 def cheung_class(loaded, cls: str, test_records: Sequence[ImageRecord], refs: Sequence[ImageRecord], params: dict,
                  progress: bool = True) -> MethodOutput:
-    """Cheung et al. on one class (the study adapter, same signature as ``zsad.study._fade_class``).
+    """Cheung et al. on one class (the study's runner).
 
     Parameters
     ----------
-    loaded : the CLIP model.
-    cls : the class name.
-    test_records : the class's test records.
-    refs : reference records (not used; their count is recorded).
-    params : the run parameters (``class_prompts``, ``detector``, config fields, ``options``, ``cache``, ...).
-    progress : tqdm bars.
+    loaded, cls, test_records, refs, params, progress
+        The runner arguments (module docstring); ``refs`` are not used (their count is recorded), ``params`` also
+        carry ``class_prompts``, ``detector`` and the config fields.
 
     Returns
     -------
@@ -460,12 +457,9 @@ def cheung_ablation(loaded, cls: str, test_records: Sequence[ImageRecord], refs:
 
     Parameters
     ----------
-    loaded : the CLIP model.
-    cls : the class name.
-    test_records : the class's test records.
-    refs : reference records (not used; their count is recorded).
-    params : the run parameters (``class_prompts``, ``detector``, config fields, ``options``, ``cache``, ...).
-    progress : tqdm bars.
+    loaded, cls, test_records, refs, params, progress
+        The runner arguments (module docstring); ``refs`` are not used (their count is recorded), ``params`` also
+        carry ``class_prompts``, ``detector`` and the config fields.
 
     Returns
     -------
