@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from zsad import config
-from zsad.results import read_run
+from zsad.results import finished_runs, read_run, write_manifest
 from zsad.study import METHODS, SPECIFIC_ARGUMENTS, _names, execute, plan_run, reusable
 
 #: FADE's Tab. 7 compares LLM ensembles; ours are five seeds of one generator (prompts/README.md).
@@ -141,6 +141,7 @@ def run_settings(study: str, settings, *, datasets="synthetic,magnetic_tile", ro
     else:
         computed = {rid: execute(plans[rid], progress) for rid in todo}
     results = [done.get(rid) or computed[rid] for rid in jobs]
+    write_manifest(out_root, list(jobs))  # readers of the study folder see exactly this table's runs
     # Metrics as written to the run folders (the same values whether a run was computed now or read back).
     metrics = [done[rid]["metrics"] if rid in done else read_run(computed[rid]["path"])["metrics"] for rid in jobs]
     return {"metrics": pd.concat(metrics, ignore_index=True),
@@ -447,7 +448,8 @@ def run_table(name: str, table_args: dict | None = None, **kwargs) -> dict:
 
 def read_results(results_dir=None, studies=None) -> pd.DataFrame:
     """Every finished run's metrics under ``results_dir`` (default ``results/``), with a ``study`` column (the
-    chapter's folder, e.g. ``t02_main``); ``studies`` limits it to those folders.
+    chapter's folder, e.g. ``t02_main``); ``studies`` limits it to those folders. A study folder's runs are those
+    its table last planned (:func:`zsad.results.finished_runs`), not older folders left beside them.
 
     Parameters
     ----------
@@ -460,12 +462,7 @@ def read_results(results_dir=None, studies=None) -> pd.DataFrame:
         Tidy metrics of every finished run, with a ``study`` column.
     """
     root = Path(results_dir or config.RESULTS_DIR)
-    frames = []
-    for prov in sorted(root.glob("*/*/*/provenance.json")):
-        study = prov.parent.parent.parent.name
-        if studies is not None and study not in _names(studies):
-            continue
-        frames.append(read_run(prov.parent)["metrics"].assign(study=study))
+    frames = [read_run(run)["metrics"].assign(study=study) for study, run in finished_runs(root, studies)]
     if not frames:
         raise ValueError(f"no finished run folders under {root} (run the chapters first: make notebooks)")
     return pd.concat(frames, ignore_index=True)

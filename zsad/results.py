@@ -555,6 +555,74 @@ def read_run(run_dir: str | os.PathLike) -> dict:
     return {"metrics": metrics, "provenance": json.loads(prov_file.read_text()), "path": run_dir}
 
 
+#: Written by :func:`zsad.grids.run_settings` into a study's folder: the run folders its last table planned.
+MANIFEST = "runs.json"
+
+
+def write_manifest(study_dir: str | os.PathLike, run_ids) -> Path:
+    """Record which run folders of a study folder the latest table planned (atomically).
+
+    Parameters
+    ----------
+    study_dir : str or os.PathLike
+        The study's folder (``<results>/<study>``); created when missing.
+    run_ids : iterable of str
+        The run folders, relative to ``study_dir`` (``<dataset>/<run>``), in table order.
+
+    Returns
+    -------
+    pathlib.Path
+        The manifest file.
+    """
+    study_dir = Path(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    return atomic.write_text(study_dir / MANIFEST, json.dumps({"runs": [str(r) for r in run_ids]}, indent=1) + "\n")
+
+
+def finished_runs(results_dir: str | os.PathLike, studies=None) -> list[tuple[str, Path]]:
+    """The finished run folders of the study folders under ``results_dir``, as their tables last planned them.
+
+    A study folder with a manifest (:func:`write_manifest`) contributes exactly the runs it lists, so a run folder
+    an earlier version of a chapter's settings left behind is never read as part of the table; a folder without
+    one (written before manifests existed) contributes every finished run folder in it.
+
+    Parameters
+    ----------
+    results_dir : str or os.PathLike
+        The results folder (holding ``<study>/<dataset>/<run>/``).
+    studies : str or sequence of str, optional
+        Study folder names to keep (comma-separated or a sequence); default all.
+
+    Returns
+    -------
+    list of (str, pathlib.Path)
+        ``(study, run folder)`` pairs, sorted.
+
+    Raises
+    ------
+    RunFolderError
+        When a manifest names a run folder that is missing or unfinished.
+    """
+    wanted = None if studies is None else {
+        s.strip() for s in (studies.split(",") if isinstance(studies, str) else studies) if str(s).strip()}
+    root = Path(results_dir)
+    found = []
+    for study_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        if wanted is not None and study_dir.name not in wanted:
+            continue
+        manifest = study_dir / MANIFEST
+        if manifest.is_file():
+            runs = [study_dir / r for r in json.loads(manifest.read_text())["runs"]]
+            missing = [str(r) for r in runs if not (r / "provenance.json").is_file()]
+            if missing:
+                raise RunFolderError(f"{manifest} lists run folders that are missing or unfinished: "
+                                     f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} (re-run the table)")
+        else:
+            runs = [p.parent for p in study_dir.glob("*/*/provenance.json")]
+        found += [(study_dir.name, r) for r in sorted(runs)]
+    return found
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file through a temporary sibling and a rename (:func:`zsad.atomic.write_text`).
 

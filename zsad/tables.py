@@ -337,12 +337,11 @@ def results_provenances(results_dir=None, studies=None) -> dict:
     import json
 
     from zsad import config
+    from zsad.results import finished_runs
 
-    wanted = None if studies is None else {
-        s.strip() for s in (studies.split(",") if isinstance(studies, str) else studies) if s.strip()}
     root = Path(results_dir or config.RESULTS_DIR)
-    provenances = {str(p.parent): json.loads(p.read_text()) for p in sorted(root.glob("*/*/*/provenance.json"))
-                   if wanted is None or p.parent.parent.parent.name in wanted}
+    provenances = {str(run): json.loads((run / "provenance.json").read_text())
+                   for _, run in finished_runs(root, studies)}
     if not provenances:
         raise ValueError(f"no finished run folders under {root} (run the chapters first: make notebooks)")
     return provenances
