@@ -1,5 +1,21 @@
 """Helpers shared by several test files (import with ``from helpers import ...``)."""
+import shutil
+
+import pytest
 import torch
+
+#: Headless Chromium without network, profile state or scrollbars (the book and the inspect report render checks).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+
+
+def chromium_or_skip() -> str:
+    """The Chromium executable; without one the calling test is skipped, saying why (``make browser`` installs it)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (Debian package 'chromium'): the browser rendering check is skipped")
+    return browser
 
 
 def perturb_norms(model: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -1,19 +1,16 @@
 """The book builds offline without warnings, and renders in a real browser (headless Chromium) with its figures."""
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CHROMIUM_FLAGS, chromium_or_skip
 from PIL import Image
 
 from zsad.config import PROJECT_ROOT
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
 CHAPTER = "notebooks/t02_main_results.html"
 
 
@@ -32,10 +29,6 @@ def test_book_builds_with_every_chapter(built_book):
         assert (built_book / page).is_file(), f"{page} was not built"
     html = (built_book / CHAPTER).read_text()
     assert "RANDOM WEIGHTS" in html and "FADE Tab. 1" in html and "AUROC · MVTec-AD · paper" in html
-
-
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _toc_pages(entries=None) -> list[str]:
@@ -124,9 +117,7 @@ def rendered(built_book, tmp_path_factory):
     The screenshots stay in the session's temporary folder for a look."""
     from concurrent.futures import ThreadPoolExecutor
 
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("Chromium is not installed (Debian package 'chromium'): the browser rendering check is skipped")
+    browser = chromium_or_skip()
     shots, profiles = tmp_path_factory.mktemp("screenshots"), tmp_path_factory.mktemp("chromium-profiles")
 
     def one(page):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CHROMIUM_FLAGS, chromium_or_skip
 from PIL import Image
 
 from zsad import config
@@ -26,9 +27,6 @@ from zsad.resources import SHIPPED_DIR, shipped_files
 ROOT = config.PROJECT_ROOT
 # What a source distribution of zsad holds (the build reads nothing else): pyproject.toml names README.md.
 SOURCE = ("pyproject.toml", "setup.py", "README.md", "zsad", "prompts", "results/paper_reported.csv")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
 
 
 def _copy_source(dest: Path) -> Path:
@@ -102,10 +100,6 @@ def test_installed_copy_reads_its_package_data_and_scoring_skips_the_generator(i
     assert not SHIPPED_DIR.exists(), "zsad/_data/ must not exist in the clone (a second copy could drift)"
 
 
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def test_installed_zsad_inspect_on_magnetic_tiles_from_another_folder(installed, tmp_path):
     python, zsad, site, env = installed
     tiles = config.MAGNETIC_TILE_SUBSET
@@ -140,9 +134,7 @@ def test_installed_zsad_inspect_on_magnetic_tiles_from_another_folder(installed,
         assert not (folder / "cache").exists() and not (folder / "results").exists()
     assert sorted(p.name for p in work.iterdir()) == ["report"]
     # the report renders in headless Chromium, from the file alone
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("Chromium is not installed (Debian package 'chromium'): the browser rendering check is skipped")
+    browser = chromium_or_skip()
     shot = tmp_path / "report.png"
     subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
                     "--window-size=1200,1600", "--virtual-time-budget=3000", (out / "report.html").as_uri()],

@@ -73,8 +73,7 @@ def load_named(name: str, root=None, classes=None, split=None):
     -------
     list of zsad.data.ImageRecord
     """
-    kind, path = config.resolve_dataset(name, root)
-    return load_dataset(kind, path, classes=classes, split=split)
+    return load_dataset(name, root, classes=classes, split=split)  # names and default roots: zsad.data
 
 
 def load_many(datasets="synthetic,magnetic_tile", roots="") -> dict[str, list]:
